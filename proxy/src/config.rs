@@ -1,0 +1,850 @@
+//! The configuration file (`conf/sapl-edge.toml`) and the validated model built from it.
+//!
+//! The file is read in exactly one place, [`Config::load`]: raw TOML is deserialised into
+//! private `Raw*` structs that mirror the file, then checked and turned into the public model
+//! ([`Config`], [`Route`], …) that the rest of the edge uses. No other module sees TOML.
+//! Every error names the file, the line and the key, the way `nginx -t` does.
+//! `conf/README.md` documents every key.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error, with where it was found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// Everything the edge needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub listeners: Vec<Listener>,
+    pub upstream: Upstream,
+    pub forwarding: Forwarding,
+    pub body: BodyLimits,
+    pub metrics: Option<Metrics>,
+    pub gzip: Gzip,
+    pub cors: Cors,
+    pub routes: Vec<Route>,
+}
+
+/// Process settings handed to Pingora.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub threads: usize,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// A plain-HTTP listening address and the scheme announced upstream for it.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: String,
+    /// Sent to Gunicorn as `X-Forwarded-Proto` (`https` when TLS ends in front of the pod).
+    pub proto: String,
+}
+
+/// Where Gunicorn listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddress {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl fmt::Display for UpstreamAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAddress::Unix(path) => write!(f, "unix:{}", path.display()),
+            UpstreamAddress::Tcp(addr) => f.write_str(addr),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub address: UpstreamAddress,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Served as the body of 502 and 504 answers when the file exists (nginx's `error_page`).
+    pub error_page: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
+    pub trusted_hops: Vec<IpNet>,
+}
+
+impl Forwarding {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_hops.iter().any(|net| net.contains(&ip))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    /// Largest request body accepted (nginx `client_max_body_size`); larger gets 413.
+    pub max_size: u64,
+    /// Bodies are held in memory up to this size, and in a temporary file beyond it.
+    pub buffer_size: u64,
+    /// Where bodies larger than `buffer_size` are spooled.
+    pub spool_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub address: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gzip {
+    /// 0 turns compression off.
+    pub level: u32,
+    /// Media types (without parameters) that are compressed.
+    pub types: Vec<String>,
+}
+
+impl Gzip {
+    /// Whether a response of this `Content-Type` is compressed.
+    pub fn compresses(&self, content_type: &str) -> bool {
+        let media_type = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        self.level > 0 && self.types.iter().any(|t| *t == media_type)
+    }
+}
+
+/// The `/api/` CORS block: headers added to answers on routes with `cors = true`.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    pub allow_origin: String,
+    pub allow_credentials: bool,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub max_age: u64,
+}
+
+/// One entry of the ordered route table; the first match wins.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub matcher: Matcher,
+    pub action: Action,
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    pub max_body: Option<u64>,
+    pub cors: bool,
+    pub cache_control: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Matcher {
+    Prefix(String),
+    /// A regular expression; its named captures are available to the action.
+    Regex(Regex),
+}
+
+impl Matcher {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Matcher::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            Matcher::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Forward to Gunicorn.
+    Upstream,
+    /// Serve files under `root`; the part of the path after the route's prefix names the file.
+    Files { root: PathBuf },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates configuration text; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let here = Source { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| here.toml_error(&e))?;
+        raw.validate(&here)
+    }
+}
+
+/// The file being validated, to turn byte spans into line numbers.
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text[..end].matches('\n').count() + 1
+    }
+
+    fn invalid(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.line_of(span.start),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let line = e.span().map(|s| self.line_of(s.start)).unwrap_or(1);
+        let message = e.message().to_string();
+        // toml names the offending key inside its message ("unknown field `x`"); the key
+        // column repeats the line's own key so ops see what the line was about.
+        let key = e
+            .span()
+            .and_then(|s| self.text[s.start.min(self.text.len())..].lines().next())
+            .and_then(|l| l.split('=').next())
+            .map(|k| k.trim().trim_matches(['[', ']']).to_string())
+            .unwrap_or_default();
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line,
+            key,
+            message,
+        }
+    }
+
+    fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(value.get_ref()).map_err(|e| {
+            self.invalid(
+                value.span(),
+                key,
+                format!(
+                    "`{}` is not a duration like \"75s\" or \"500ms\": {e}",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn size(&self, value: &Spanned<RawSize>, key: &str) -> Result<u64, ConfigError> {
+        match value.get_ref() {
+            RawSize::Bytes(n) if *n >= 0 => Ok(*n as u64),
+            RawSize::Bytes(n) => Err(self.invalid(value.span(), key, format!("{n} is negative"))),
+            RawSize::Text(text) => text
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| {
+                    self.invalid(
+                        value.span(),
+                        key,
+                        format!("`{text}` is not a size like \"4GiB\" or \"16MiB\": {e}"),
+                    )
+                }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(rename = "listener")]
+    listeners: Spanned<Vec<RawListener>>,
+    upstream: RawUpstream,
+    #[serde(default)]
+    forwarding: RawForwarding,
+    #[serde(default)]
+    body: RawBody,
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    gzip: RawGzip,
+    #[serde(default)]
+    cors: RawCors,
+    #[serde(rename = "route")]
+    routes: Spanned<Vec<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_threads")]
+    threads: usize,
+    #[serde(default = "default_pid_file")]
+    pid_file: PathBuf,
+    #[serde(default = "default_upgrade_sock")]
+    upgrade_sock: PathBuf,
+    grace_period: Option<Spanned<String>>,
+    shutdown_timeout: Option<Spanned<String>>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            threads: default_threads(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+            grace_period: None,
+            shutdown_timeout: None,
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    1
+}
+
+fn default_pid_file() -> PathBuf {
+    PathBuf::from("/tmp/sapl-edge.pid")
+}
+
+fn default_upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/sapl-edge-upgrade.sock")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: Spanned<String>,
+    #[serde(default)]
+    proto: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    address: Spanned<String>,
+    connect_timeout: Option<Spanned<String>>,
+    read_timeout: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
+    error_page: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForwarding {
+    trusted_hops: Vec<Spanned<String>>,
+}
+
+impl Default for RawForwarding {
+    fn default() -> Self {
+        // Loopback only: a pod's edge is the first hop, so nothing else is trusted by default.
+        RawForwarding {
+            trusted_hops: vec![Spanned::new(0..0, "127.0.0.1/32".to_string())],
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBody {
+    max_size: Option<Spanned<RawSize>>,
+    buffer_size: Option<Spanned<RawSize>>,
+    spool_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    address: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGzip {
+    #[serde(default = "default_gzip_level")]
+    level: Spanned<u32>,
+    #[serde(default = "default_gzip_types")]
+    types: Vec<String>,
+}
+
+impl Default for RawGzip {
+    fn default() -> Self {
+        RawGzip {
+            level: default_gzip_level(),
+            types: default_gzip_types(),
+        }
+    }
+}
+
+fn default_gzip_level() -> Spanned<u32> {
+    Spanned::new(0..0, 5)
+}
+
+/// SAPL's nginx list (`application/json` is deliberately absent there too).
+fn default_gzip_types() -> Vec<String> {
+    [
+        "text/html",
+        "text/plain",
+        "text/css",
+        "text/xml",
+        "text/javascript",
+        "application/javascript",
+        "application/x-javascript",
+        "application/xml",
+        "application/xml+rss",
+        "image/svg+xml",
+        "image/x-icon",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    #[serde(default = "default_allow_origin")]
+    allow_origin: String,
+    #[serde(default = "default_true")]
+    allow_credentials: bool,
+    #[serde(default = "default_allow_methods")]
+    allow_methods: String,
+    #[serde(default = "default_allow_headers")]
+    allow_headers: String,
+    #[serde(default = "default_max_age")]
+    max_age: u64,
+}
+
+impl Default for RawCors {
+    fn default() -> Self {
+        RawCors {
+            allow_origin: default_allow_origin(),
+            allow_credentials: true,
+            allow_methods: default_allow_methods(),
+            allow_headers: default_allow_headers(),
+            max_age: default_max_age(),
+        }
+    }
+}
+
+fn default_allow_origin() -> String {
+    "*".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_allow_methods() -> String {
+    "GET, POST, PUT, PATCH, DELETE, OPTIONS".into()
+}
+
+fn default_allow_headers() -> String {
+    "DNT,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,\
+     Authorization,X-CSRFToken"
+        .into()
+}
+
+fn default_max_age() -> u64 {
+    1_728_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    prefix: Option<Spanned<String>>,
+    regex: Option<Spanned<String>>,
+    action: Spanned<String>,
+    root: Option<Spanned<PathBuf>>,
+    connect_timeout: Option<Spanned<String>>,
+    read_timeout: Option<Spanned<String>>,
+    max_body: Option<Spanned<RawSize>>,
+    #[serde(default)]
+    cors: bool,
+    cache_control: Option<String>,
+}
+
+impl RawConfig {
+    fn validate(self, here: &Source) -> Result<Config, ConfigError> {
+        let listeners = validate_listeners(&self.listeners, here)?;
+        let upstream = self.upstream.validate(here)?;
+
+        let mut trusted_hops = Vec::new();
+        for hop in &self.forwarding.trusted_hops {
+            trusted_hops.push(parse_net(hop, here)?);
+        }
+
+        let body = BodyLimits {
+            max_size: match &self.body.max_size {
+                Some(v) => here.size(v, "body.max_size")?,
+                None => 4 << 30,
+            },
+            buffer_size: match &self.body.buffer_size {
+                Some(v) => here.size(v, "body.buffer_size")?,
+                None => 1 << 20,
+            },
+            spool_dir: self.body.spool_dir.unwrap_or_else(std::env::temp_dir),
+        };
+
+        if *self.gzip.level.get_ref() > 9 {
+            return Err(here.invalid(self.gzip.level.span(), "gzip.level", "must be 0 to 9"));
+        }
+
+        let mut routes = Vec::new();
+        for raw in self.routes.get_ref() {
+            let route = raw.validate(here)?;
+            if routes.iter().any(|r: &Route| r.name == route.name) {
+                return Err(here.invalid(
+                    raw.name.span(),
+                    "route.name",
+                    format!("route `{}` is defined twice", route.name),
+                ));
+            }
+            routes.push(route);
+        }
+        if routes.is_empty() {
+            return Err(here.invalid(self.routes.span(), "route", "at least one route is needed"));
+        }
+
+        let server = Server {
+            threads: self.server.threads.max(1),
+            pid_file: self.server.pid_file,
+            upgrade_sock: self.server.upgrade_sock,
+            grace_period: opt_duration(&self.server.grace_period, "server.grace_period", here)?
+                .unwrap_or(Duration::from_secs(5)),
+            shutdown_timeout: opt_duration(
+                &self.server.shutdown_timeout,
+                "server.shutdown_timeout",
+                here,
+            )?
+            .unwrap_or(Duration::from_secs(30)),
+        };
+
+        Ok(Config {
+            server,
+            listeners,
+            upstream,
+            forwarding: Forwarding { trusted_hops },
+            body,
+            metrics: self.metrics.map(|m| Metrics {
+                address: m.address.into_inner(),
+            }),
+            gzip: Gzip {
+                level: *self.gzip.level.get_ref(),
+                types: self
+                    .gzip
+                    .types
+                    .iter()
+                    .map(|t| t.to_ascii_lowercase())
+                    .collect(),
+            },
+            cors: Cors {
+                allow_origin: self.cors.allow_origin,
+                allow_credentials: self.cors.allow_credentials,
+                allow_methods: self.cors.allow_methods,
+                allow_headers: self.cors.allow_headers,
+                max_age: self.cors.max_age,
+            },
+            routes,
+        })
+    }
+}
+
+fn validate_listeners(
+    raw: &Spanned<Vec<RawListener>>,
+    here: &Source,
+) -> Result<Vec<Listener>, ConfigError> {
+    if raw.get_ref().is_empty() {
+        return Err(here.invalid(raw.span(), "listener", "at least one listener is needed"));
+    }
+    let mut listeners = Vec::new();
+    for l in raw.get_ref() {
+        if l.address.get_ref().parse::<std::net::SocketAddr>().is_err() {
+            return Err(here.invalid(
+                l.address.span(),
+                "listener.address",
+                format!(
+                    "`{}` is not an address like \"0.0.0.0:80\"",
+                    l.address.get_ref()
+                ),
+            ));
+        }
+        let proto = match &l.proto {
+            None => "http".to_string(),
+            Some(p) if p.get_ref() == "http" || p.get_ref() == "https" => p.get_ref().clone(),
+            Some(p) => {
+                return Err(here.invalid(
+                    p.span(),
+                    "listener.proto",
+                    "must be \"http\" or \"https\"",
+                ))
+            }
+        };
+        listeners.push(Listener {
+            address: l.address.get_ref().clone(),
+            proto,
+        });
+    }
+    Ok(listeners)
+}
+
+impl RawUpstream {
+    fn validate(&self, here: &Source) -> Result<Upstream, ConfigError> {
+        let text = self.address.get_ref();
+        let address = if let Some(path) = text.strip_prefix("unix:") {
+            UpstreamAddress::Unix(PathBuf::from(path))
+        } else if text.parse::<std::net::SocketAddr>().is_ok() {
+            UpstreamAddress::Tcp(text.clone())
+        } else {
+            return Err(here.invalid(
+                self.address.span(),
+                "upstream.address",
+                format!("`{text}` is neither \"unix:/path/to.sock\" nor \"host:port\""),
+            ));
+        };
+        Ok(Upstream {
+            address,
+            connect_timeout: opt_duration(&self.connect_timeout, "upstream.connect_timeout", here)?
+                .unwrap_or(Duration::from_secs(75)),
+            read_timeout: opt_duration(&self.read_timeout, "upstream.read_timeout", here)?
+                .unwrap_or(Duration::from_secs(300)),
+            write_timeout: opt_duration(&self.write_timeout, "upstream.write_timeout", here)?
+                .unwrap_or(Duration::from_secs(300)),
+            error_page: self.error_page.clone(),
+        })
+    }
+}
+
+impl RawRoute {
+    fn validate(&self, here: &Source) -> Result<Route, ConfigError> {
+        let name = self.name.get_ref().clone();
+        let matcher = match (&self.prefix, &self.regex) {
+            (Some(prefix), None) if prefix.get_ref().starts_with('/') => {
+                Matcher::Prefix(prefix.get_ref().clone())
+            }
+            (Some(prefix), None) => {
+                return Err(here.invalid(prefix.span(), "route.prefix", "must start with `/`"))
+            }
+            (None, Some(re)) => Matcher::Regex(Regex::new(re.get_ref()).map_err(|e| {
+                here.invalid(
+                    re.span(),
+                    "route.regex",
+                    format!("invalid regular expression: {e}"),
+                )
+            })?),
+            _ => {
+                return Err(here.invalid(
+                    self.name.span(),
+                    "route",
+                    format!("route `{name}` needs exactly one of `prefix` or `regex`"),
+                ))
+            }
+        };
+
+        let action = match self.action.get_ref().as_str() {
+            "upstream" => Action::Upstream,
+            "files" => {
+                let Some(root) = &self.root else {
+                    return Err(here.invalid(
+                        self.action.span(),
+                        "route.root",
+                        format!("route `{name}` serves files and needs `root`"),
+                    ));
+                };
+                if !matches!(matcher, Matcher::Prefix(_)) {
+                    return Err(here.invalid(
+                        self.action.span(),
+                        "route.action",
+                        "a `files` route is matched by `prefix`",
+                    ));
+                }
+                Action::Files {
+                    root: root.get_ref().clone(),
+                }
+            }
+            other => {
+                return Err(here.invalid(
+                    self.action.span(),
+                    "route.action",
+                    format!("unknown action `{other}`; known: upstream, files"),
+                ))
+            }
+        };
+
+        Ok(Route {
+            name,
+            matcher,
+            action,
+            connect_timeout: opt_duration(&self.connect_timeout, "route.connect_timeout", here)?,
+            read_timeout: opt_duration(&self.read_timeout, "route.read_timeout", here)?,
+            max_body: match &self.max_body {
+                Some(v) => Some(here.size(v, "route.max_body")?),
+                None => None,
+            },
+            cors: self.cors,
+            cache_control: self.cache_control.clone(),
+        })
+    }
+}
+
+fn opt_duration(
+    value: &Option<Spanned<String>>,
+    key: &str,
+    here: &Source,
+) -> Result<Option<Duration>, ConfigError> {
+    value.as_ref().map(|v| here.duration(v, key)).transpose()
+}
+
+fn parse_net(value: &Spanned<String>, here: &Source) -> Result<IpNet, ConfigError> {
+    let text = value.get_ref();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            here.invalid(
+                value.span(),
+                "forwarding.trusted_hops",
+                format!("`{text}` is not an address or network like \"10.0.0.0/8\""),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listener]]
+address = "127.0.0.1:8080"
+
+[upstream]
+address = "unix:/run/gunicorn.sock"
+
+[[route]]
+name = "static"
+prefix = "/static/"
+action = "files"
+root = "/srv/static"
+cache_control = "public, max-age=5400"
+
+[[route]]
+name = "default"
+prefix = "/"
+action = "upstream"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("edge.toml"), text)
+    }
+
+    #[test]
+    fn minimal_file_gets_nginx_defaults() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.upstream.connect_timeout, Duration::from_secs(75));
+        assert_eq!(config.upstream.read_timeout, Duration::from_secs(300));
+        assert_eq!(config.body.max_size, 4 * 1024 * 1024 * 1024);
+        assert_eq!(
+            config.upstream.address,
+            UpstreamAddress::Unix("/run/gunicorn.sock".into())
+        );
+        assert_eq!(config.routes.len(), 2);
+        assert!(config.gzip.compresses("text/html; charset=utf-8"));
+        assert!(!config.gzip.compresses("application/json"));
+        assert!(config.forwarding.is_trusted("127.0.0.1".parse().unwrap()));
+        assert!(!config.forwarding.is_trusted("10.1.2.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn sizes_and_durations_accept_human_units() {
+        let text = MINIMAL.replace(
+            "[upstream]",
+            "[body]\nmax_size = \"150MiB\"\nbuffer_size = 65536\n\n[upstream]\nread_timeout = \"180s\"",
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.body.max_size, 150 * 1024 * 1024);
+        assert_eq!(config.body.buffer_size, 65536);
+        assert_eq!(config.upstream.read_timeout, Duration::from_secs(180));
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_key() {
+        let text = MINIMAL.replace(
+            "address = \"unix:/run/gunicorn.sock\"",
+            "address = \"unix:/run/gunicorn.sock\"\nread_timeout = \"five minutes\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("edge.toml:7: upstream.read_timeout:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_action_is_refused_with_its_line() {
+        let text = MINIMAL.replace("action = \"upstream\"", "action = \"teleport\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("edge.toml:18: route.action:"), "{err}");
+        assert!(err.contains("teleport"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let text = MINIMAL.replace("cache_control", "cache_controll");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("edge.toml:13:"), "{err}");
+        assert!(err.contains("cache_controll"), "{err}");
+    }
+
+    #[test]
+    fn bad_regex_and_missing_root_are_refused() {
+        let text = MINIMAL.replace("prefix = \"/\"", "regex = \"^/(unclosed\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("route.regex"), "{err}");
+
+        let text = MINIMAL.replace("root = \"/srv/static\"\n", "");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("route.root"), "{err}");
+    }
+
+    #[test]
+    fn bad_upstream_and_trusted_hop_are_refused() {
+        let text = MINIMAL.replace("unix:/run/gunicorn.sock", "gunicorn");
+        assert!(parse(&text)
+            .unwrap_err()
+            .to_string()
+            .contains("upstream.address"));
+
+        let text = format!("{MINIMAL}\n[forwarding]\ntrusted_hops = [\"10.0.0.0/33\"]\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("forwarding.trusted_hops"), "{err}");
+    }
+}
