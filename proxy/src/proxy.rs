@@ -109,6 +109,16 @@ impl ProxyHttp for EdgeProxy {
             .await;
         }
 
+        if headers_too_large(session) {
+            return refuse(
+                session,
+                ctx,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header too large",
+            )
+            .await;
+        }
+
         let path = match routes::normalize(session.req_header().uri.path()) {
             Ok(path) => path,
             Err(_) => return refuse(session, ctx, StatusCode::BAD_REQUEST, "bad path").await,
@@ -338,6 +348,22 @@ fn has_conflicting_framing(session: &Session) -> bool {
     let raw = h1.get_headers_raw_bytes();
     raw.split(|b| *b == b'\n')
         .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+}
+
+/// nginx's `large_client_header_buffers 4 8k`: no header line over 8 KiB, no header block
+/// over 32 KiB. Pingora itself only stops at 1 MiB, far more than any browser sends.
+const MAX_HEADER_LINE: usize = 8 * 1024;
+const MAX_HEADER_BLOCK: usize = 32 * 1024;
+
+fn headers_too_large(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    let raw = h1.get_headers_raw_bytes();
+    raw.len() > MAX_HEADER_BLOCK
+        || raw
+            .split(|b| *b == b'\n')
+            .any(|l| l.len() > MAX_HEADER_LINE)
 }
 
 /// The `Content-Length` the client declared, if any.
