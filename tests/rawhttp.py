@@ -155,12 +155,16 @@ class RawConnection:
         return True
 
 
-def request(host, port, raw, head_request=False, timeout=DEFAULT_TIMEOUT):
-    """Sends `raw` on a new connection and returns (response, closed_by_peer_afterwards)."""
+def request(host, port, raw, head_request=False, timeout=DEFAULT_TIMEOUT, check_close=False):
+    """Sends `raw` on a new connection and returns (response, closed_by_peer_afterwards).
+
+    With check_close, waits up to 2 s to learn whether the server closed the connection
+    after answering; otherwise `closed` is None.
+    """
     with RawConnection(host, port, timeout) as conn:
         conn.send(raw)
         response = conn.read_response(head_request=head_request)
-        closed = conn.is_closed_by_peer(wait=2.0)
+        closed = conn.is_closed_by_peer(wait=2.0) if check_close else None
         return response, closed
 
 

@@ -330,6 +330,11 @@ def edge_binary():
     return os.path.join(target, "debug", "sapl-edge")
 
 
+CORS_ALLOW_HEADERS = (
+    "DNT,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,"
+    "Authorization,X-CSRFToken"
+)
+
 GZIP_TYPES = [
     "text/html",
     "text/css",
@@ -363,7 +368,14 @@ def edge_config(listen_port, metrics_port, upstream_socket, roots, read_timeout=
         "body": {"max_size": "4GiB", "buffer_size": "16MiB"},
         "metrics": {"address": "127.0.0.1:%d" % metrics_port},
         "gzip": {"level": 5, "types": list(GZIP_TYPES)},
-        "cors": {"allow_origin": "*"},
+        # The same values as the nginx template's /api/ block.
+        "cors": {
+            "allow_origin": "*",
+            "allow_credentials": True,
+            "allow_methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+            "allow_headers": CORS_ALLOW_HEADERS,
+            "max_age": 1728000,
+        },
         "route": [
             {
                 "name": "static",
