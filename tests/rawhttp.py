@@ -190,3 +190,31 @@ def wait_for_port(host, port, timeout, alive=lambda: True):
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def fetch(server, method, target, headers=(), body=b"", host="sapl.test", check_close=False):
+    """One request to a test server (anything with .host and .port) on a new connection."""
+    response, closed = request(
+        server.host,
+        server.port,
+        build(method, target, headers, body, host=host),
+        head_request=(method == "HEAD"),
+        check_close=check_close,
+    )
+    if check_close:
+        return response, closed
+    return response
+
+
+def unix_raw(sock_path, raw, timeout=DEFAULT_TIMEOUT):
+    """Sends raw bytes straight to a unix socket (Gunicorn) and returns all it answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(sock_path)
+        s.sendall(raw)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
