@@ -11,7 +11,7 @@ import requests
 import servers
 
 
-def _upgradable_edge(workdir, gunicorn, roots, name, grace="1s"):
+def _upgradable_edge(workdir, gunicorn, roots, name, grace="5s"):
     listen, metrics = servers.free_port(), servers.free_port()
     config = servers.edge_config(listen, metrics, gunicorn.socket, roots)
     home = os.path.join(workdir, name)
@@ -103,7 +103,7 @@ def test_binary_upgrade_hands_over_the_listener_without_a_failed_request(
 
 def test_sigterm_lets_a_request_in_flight_finish(workdir, gunicorn, roots):
     # Pingora serves for the grace period after SIGTERM, then ends what is left.
-    edge = _upgradable_edge(workdir, gunicorn, roots, "graceful-stop", grace="4s").start()
+    edge = _upgradable_edge(workdir, gunicorn, roots, "graceful-stop", grace="5s").start()
     result = {}
 
     def slow_request():
