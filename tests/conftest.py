@@ -115,7 +115,8 @@ def nginx(workdir, gunicorn, roots):
 
 def _new_edge(workdir, name, gunicorn, roots, **overrides):
     listen, metrics = servers.free_port(), servers.free_port()
-    config = servers.edge_config(listen, metrics, gunicorn.socket, roots, **overrides)
+    upstream = overrides.pop("upstream_socket", gunicorn.socket)
+    config = servers.edge_config(listen, metrics, upstream, roots, **overrides)
     server = servers.Edge(workdir, name, config, listen, metrics)
     server.kind = "edge"
     return server.start()
@@ -168,6 +169,7 @@ def edge_factory(workdir, gunicorn, roots):
     started = []
 
     def start(name, **overrides):
+        # Overrides: upstream_socket, and any keyword of servers.edge_config.
         server = _new_edge(workdir, name, gunicorn, roots, **overrides)
         started.append(server)
         return server
@@ -179,10 +181,12 @@ def edge_factory(workdir, gunicorn, roots):
 
 @pytest.fixture
 def nginx_factory(workdir, gunicorn, roots):
+    """Starts extra nginx instances (mainline template) with other settings."""
     started = []
 
     def start(name, **kwargs):
-        server = servers.Nginx(workdir, name, gunicorn.socket, roots, **kwargs).start()
+        upstream = kwargs.pop("upstream_socket", gunicorn.socket)
+        server = servers.Nginx(workdir, name, upstream, roots, **kwargs).start()
         server.kind = "nginx"
         started.append(server)
         return server
