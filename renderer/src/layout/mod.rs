@@ -415,7 +415,8 @@ impl Fluxo<'_> {
                         let cabe = altura_celula + l.altura <= disponivel;
                         // On a fresh page place at least one line, so a row taller
                         // than any page still advances.
-                        if !cabe && !(altura_celula == 0.0 && inicio_de_pagina) {
+                        let forcar = altura_celula == 0.0 && inicio_de_pagina;
+                        if !cabe && !forcar {
                             break;
                         }
                         let base = y - l.tamanho * self.fontes.fonte(Peso::Regular).ascendente();
