@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Compares sapl-edge (release build) with nginx in one run, on this machine, with wrk.
+#
+# Proxies, each started in front of the same upstreams:
+#   nginx-sapl   testbed/nginx/sapl-mainline.conf.tmpl (SAPL's settings: worker_processes 1)
+#   nginx-tuned  testbed/nginx/sapl-tuned.conf.tmpl (worker_processes auto, upstream keepalive)
+#   sapl-edge    the equivalent TOML, `threads` = --edge-threads
+#
+# Upstreams, shared by all proxies:
+#   a fast upstream: an extra nginx on a unix socket answering a tiny body and a 100 KB
+#     JSON file, so that the proxy's own cost dominates (Gunicorn's 3 sync workers would
+#     cap every proxy at the same rate);
+#   Gunicorn with the test-bed Django app (3 sync workers, SAPL's flags) for one realistic
+#     line: the tiny Django view /tiny/ (it touches no database).
+#
+# Scenarios: tiny proxied answer, 100 KB proxied answer, static file (30 KB CSS) without
+# and with gzip, tiny Django view through Gunicorn. For each proxy and scenario it records
+# req/s and p99 latency (wrk --latency) and CPU per request: utime+stime of the proxy's
+# processes (master and workers, from /proc/<pid>/stat) over the run, divided by the
+# requests wrk completed. Prints a markdown table (and writes it to --out).
+#
+# Usage:
+#   loadtests/proxy-compare.sh                     # 30 s per line (the recorded run)
+#   loadtests/proxy-compare.sh --duration 3s       # a quick check that it all works
+#   options: --duration D  --connections N  --wrk-threads N  --edge-threads N
+#            --no-build (use the existing release binary)  --out FILE
+#
+# Everything runs on 127.0.0.1 and unix sockets in a temporary directory; all processes
+# it starts are stopped on exit. Needs scripts/setup.sh to have run (venvs, nginx, wrk).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+DURATION=30s
+CONNECTIONS=32
+WRK_THREADS=2
+EDGE_THREADS="$(nproc)"
+BUILD=1
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION="$2"; shift 2 ;;
+        --connections) CONNECTIONS="$2"; shift 2 ;;
+        --wrk-threads) WRK_THREADS="$2"; shift 2 ;;
+        --edge-threads) EDGE_THREADS="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --out) OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        *) echo "unknown option: $1" >&2; exit 2 ;;
+    esac
+done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+EDGE_BIN="${SAPL_EDGE_RELEASE_BIN:-$CARGO_TARGET_DIR/release/sapl-edge}"
+if [ "$BUILD" -eq 1 ]; then
+    cargo build --release -p sapl-edge
+fi
+[ -x "$EDGE_BIN" ] || { echo "no release binary at $EDGE_BIN (drop --no-build)" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk missing: run scripts/setup.sh" >&2; exit 1; }
+[ -x .venv-django/bin/gunicorn ] || { echo ".venv-django missing: run scripts/setup.sh" >&2; exit 1; }
+
+WORK="$(mktemp -d /tmp/sapl-proxy-compare.XXXXXX)"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    done
+    # Graceful shutdowns (sapl-edge's grace period, Gunicorn's workers) get a few seconds.
+    for _ in $(seq 1 50); do
+        local left=0
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null && left=1
+        done
+        [ "$left" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+    local port="$1" pid="$2"
+    for _ in $(seq 1 200); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+wait_socket() {
+    local path="$1" pid="$2"
+    for _ in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [ -S "$path" ] && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# start NAME COMMAND...: runs it in its own process group, output to $WORK/NAME.log.
+start() {
+    local name="$1"
+    shift
+    setsid "$@" >"$WORK/$name.log" 2>&1 < /dev/null &
+    LAST_PID=$!
+    # No job-control chatter ("Killed") when cleanup ends it.
+    disown "$LAST_PID"
+    PIDS+=("$LAST_PID")
+}
+
+NGINX_USER=""
+[ "$(id -u)" -eq 0 ] && NGINX_USER="user root;"
+
+# ------------------------------------------------------------------------------------------
+# Files
+# ------------------------------------------------------------------------------------------
+mkdir -p "$WORK/static" "$WORK/media" "$WORK/errors" "$WORK/fast"
+python3 - "$WORK" <<'EOF'
+import json, sys
+work = sys.argv[1]
+css = "".join(".materia-%d { color: #%06x; margin: %dpx; }\n" % (i, (i * 2654435761) % 0xFFFFFF, i % 17)
+              for i in range(800))[:30 * 1024]
+open(work + "/static/sapl.css", "w").write(css)
+open(work + "/errors/500.html", "w").write("<h1>erro</h1>\n")
+open(work + "/fast/blob100k.json", "w").write(json.dumps({"data": "x" * (100 * 1024 - 12)}))
+open(work + "/fast/tiny.txt", "w").write("ok\n")
+EOF
+
+# ------------------------------------------------------------------------------------------
+# Upstreams
+# ------------------------------------------------------------------------------------------
+FAST_SOCK="$WORK/fast.sock"
+mkdir -p "$WORK/fast-nginx/temp"
+cat > "$WORK/fast-nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/fast-nginx/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/fast-nginx/temp/b;
+    proxy_temp_path $WORK/fast-nginx/temp/p;
+    fastcgi_temp_path $WORK/fast-nginx/temp/f;
+    uwsgi_temp_path $WORK/fast-nginx/temp/u;
+    scgi_temp_path $WORK/fast-nginx/temp/s;
+    keepalive_requests 1000000;
+    server {
+        listen unix:$FAST_SOCK;
+        location = /tiny { default_type text/plain; return 200 "ok\n"; }
+        location = /blob100k { default_type application/json; alias $WORK/fast/blob100k.json; }
+    }
+}
+EOF
+start fast-nginx nginx -p "$WORK/fast-nginx" -c "$WORK/fast-nginx/nginx.conf" -e stderr \
+    -g "daemon off; $NGINX_USER"
+wait_socket "$FAST_SOCK" "$LAST_PID" || { cat "$WORK/fast-nginx.log"; exit 1; }
+
+GUNICORN_SOCK="$WORK/gunicorn.sock"
+(
+    cd testbed/django_app
+    SECRET_KEY=loadtest SAPL_DB_NAME=unused-by-tiny setsid "$REPO/.venv-django/bin/gunicorn" \
+        --workers 3 --worker-class sync --timeout 300 --max-requests 100 \
+        --bind "unix:$GUNICORN_SOCK" saplbed.wsgi:application \
+        >"$WORK/gunicorn.log" 2>&1 < /dev/null &
+    echo $! > "$WORK/gunicorn.pid"
+)
+PIDS+=("$(cat "$WORK/gunicorn.pid")")
+wait_socket "$GUNICORN_SOCK" "$(cat "$WORK/gunicorn.pid")" || { cat "$WORK/gunicorn.log"; exit 1; }
+
+# ------------------------------------------------------------------------------------------
+# Proxies. Each gets two ports: one in front of the fast upstream, one in front of
+# Gunicorn (nginx: two instances per flavour; sapl-edge: two processes), so routes and
+# files are identical and only the upstream differs.
+# ------------------------------------------------------------------------------------------
+declare -A PORT PID_OF
+
+start_nginx() {
+    local name="$1" template="$2" upstream="$3"
+    local dir="$WORK/$name" port
+    port="$(free_port)"
+    mkdir -p "$dir/temp"
+    sed -e "s|@@PID_FILE@@|$dir/nginx.pid|" -e "s|@@TEMP_DIR@@|$dir/temp|" \
+        -e "s|@@LISTEN@@|127.0.0.1:$port|" -e "s|@@UPSTREAM_SOCKET@@|$upstream|" \
+        -e "s|@@STATIC_ROOT@@|$WORK/static|" -e "s|@@MEDIA_ROOT@@|$WORK/media|" \
+        -e "s|@@ERROR_ROOT@@|$WORK/errors|" -e "s|@@READ_TIMEOUT@@|300s|" \
+        -e "s|access_log /dev/stdout;|access_log off;|" \
+        "testbed/nginx/$template" > "$dir/nginx.conf"
+    start "$name" nginx -p "$dir" -c "$dir/nginx.conf" -e stderr -g "daemon off; $NGINX_USER"
+    wait_port "$port" "$LAST_PID" || { cat "$WORK/$name.log"; exit 1; }
+    PORT[$name]="$port"
+    PID_OF[$name]="$(cat "$dir/nginx.pid")"
+}
+
+start_edge() {
+    local name="$1" upstream="$2"
+    local dir="$WORK/$name" port metrics
+    port="$(free_port)"
+    metrics="$(free_port)"
+    mkdir -p "$dir"
+    cat > "$dir/sapl-edge.toml" <<EOF
+[server]
+threads = $EDGE_THREADS
+
+[[listener]]
+address = "127.0.0.1:$port"
+proto = "http"
+
+[upstream]
+address = "unix:$upstream"
+connect_timeout = "75s"
+read_timeout = "300s"
+error_page = "$WORK/errors/500.html"
+
+[body]
+max_size = "4GiB"
+buffer_size = "16MiB"
+
+[metrics]
+address = "127.0.0.1:$metrics"
+
+[gzip]
+level = 5
+types = ["text/html", "text/css", "text/javascript", "application/javascript", "application/x-javascript", "text/xml", "application/xml", "application/rss+xml", "image/svg+xml", "image/x-icon", "image/png", "image/jpeg", "image/gif"]
+
+[cors]
+allow_origin = "*"
+
+[[route]]
+name = "static"
+prefix = "/static/"
+action = "files"
+root = "$WORK/static"
+cache_control = "public, max-age=5400"
+
+[[route]]
+name = "media"
+prefix = "/media/"
+action = "files"
+root = "$WORK/media"
+
+[[route]]
+name = "default"
+prefix = "/"
+action = "upstream"
+EOF
+    # Access logs off for every proxy in this comparison: RUST_LOG=warn for the edge,
+    # `access_log off` for nginx.
+    start "$name" env RUST_LOG=warn "$EDGE_BIN" -c "$dir/sapl-edge.toml"
+    wait_port "$port" "$LAST_PID" || { cat "$WORK/$name.log"; exit 1; }
+    PORT[$name]="$port"
+    PID_OF[$name]="$LAST_PID"
+}
+
+start_nginx nginx-sapl sapl-mainline.conf.tmpl "$FAST_SOCK"
+start_nginx nginx-sapl-gunicorn sapl-mainline.conf.tmpl "$GUNICORN_SOCK"
+start_nginx nginx-tuned sapl-tuned.conf.tmpl "$FAST_SOCK"
+start_nginx nginx-tuned-gunicorn sapl-tuned.conf.tmpl "$GUNICORN_SOCK"
+start_edge sapl-edge "$FAST_SOCK"
+start_edge sapl-edge-gunicorn "$GUNICORN_SOCK"
+
+# ------------------------------------------------------------------------------------------
+# Measurement
+# ------------------------------------------------------------------------------------------
+CLK_TCK="$(getconf CLK_TCK)"
+
+# cpu_ticks PID: utime+stime of PID and its direct children (nginx's workers).
+cpu_ticks() {
+    local root="$1" total=0 pid fields
+    for pid in "$root" $(pgrep -P "$root" || true); do
+        [ -r "/proc/$pid/stat" ] || continue
+        # Fields after the ")" of the command name: utime is the 12th, stime the 13th.
+        fields="$(sed 's/.*) //' "/proc/$pid/stat")"
+        total=$(( total + $(echo "$fields" | awk '{print $12 + $13}') ))
+    done
+    echo "$total"
+}
+
+# to_ms VALUE: wrk's latency ("812.00us", "1.23ms", "2.01s") in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+        else { printf "%s", v }
+    }'
+}
+
+ROWS=()
+run_line() {
+    local scenario="$1" proxy="$2" path="$3" connections="$4"
+    shift 4
+    local url="http://127.0.0.1:${PORT[$proxy]}$path" before after out requests rps p99 errors
+    local check
+    # The answer must be right before it is fast.
+    check="$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url")"
+    if [ "$check" != 200 ]; then
+        echo "!! $proxy $path answered $check; skipping" >&2
+        ROWS+=("| $scenario | $proxy | failed ($check) | | | |")
+        return
+    fi
+    wrk -t "$WRK_THREADS" -c "$connections" -d 1s "$@" "$url" >/dev/null 2>&1 || true
+    before="$(cpu_ticks "${PID_OF[$proxy]}")"
+    out="$(wrk -t "$WRK_THREADS" -c "$connections" -d "$DURATION" --latency "$@" "$url")"
+    after="$(cpu_ticks "${PID_OF[$proxy]}")"
+    echo "$out" > "$WORK/wrk-$proxy-${scenario// /_}.txt"
+
+    requests="$(echo "$out" | awk '/requests in/ {print $1}')"
+    rps="$(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')"
+    p99="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
+    errors="$(echo "$out" | awk '/Non-2xx|Socket errors/ {printf "%s ", $0}')"
+    local cpu_us="n/a"
+    if [ "${requests:-0}" -gt 0 ]; then
+        cpu_us="$(awk -v t=$(( after - before )) -v hz="$CLK_TCK" -v n="$requests" \
+            'BEGIN { printf "%.1f", t / hz / n * 1e6 }')"
+    fi
+    ROWS+=("| $scenario | $proxy | $rps | $p99 | $cpu_us | ${errors:-} |")
+    printf '%-34s %-22s %8s req/s  p99 %8s ms  %6s us CPU/req %s\n' \
+        "$scenario" "$proxy" "$rps" "$p99" "$cpu_us" "${errors:-}"
+}
+
+GZIP=(-H "Accept-Encoding: gzip")
+for flavour in nginx-sapl nginx-tuned sapl-edge; do
+    run_line "tiny proxied (fast upstream)" "$flavour" /tiny "$CONNECTIONS"
+    run_line "100 KB proxied (fast upstream)" "$flavour" /blob100k "$CONNECTIONS"
+    run_line "static 30 KB CSS, no gzip" "$flavour" /static/sapl.css "$CONNECTIONS"
+    run_line "static 30 KB CSS, gzip" "$flavour" /static/sapl.css "$CONNECTIONS" "${GZIP[@]}"
+    # Gunicorn has 3 sync workers: more connections only queue.
+    run_line "tiny Django view (Gunicorn)" "$flavour-gunicorn" /tiny/ 8
+done
+
+TABLE="$(
+    echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t $WRK_THREADS -c $CONNECTIONS (Gunicorn lines: -c 8) -d $DURATION --latency; sapl-edge threads = $EDGE_THREADS; $(nginx -v 2>&1)"
+    echo
+    echo "| scenario | proxy | req/s | p99 (ms) | CPU per request (µs) | errors |"
+    echo "|---|---|---:|---:|---:|---|"
+    printf '%s\n' "${ROWS[@]}"
+)"
+echo
+echo "$TABLE"
+if [ -n "$OUT" ]; then
+    echo "$TABLE" > "$OUT"
+fi
