@@ -301,9 +301,10 @@ def test_edge_ports_and_probes_match_its_listeners():
     assert (live["path"], live["port"]) == ("/healthz", "metrics")
     assert (ready["path"], ready["port"]) == ("/readyz", "metrics")
 
+    # Numbers, not port names: the nginx pod spec a rollback brings back has port 80 too.
     svc = find("Service", "sapl")
     assert {(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
-        (80, "http"), (9145, "metrics")}
+        (80, 80), (9145, 9145)}
 
 
 def test_edge_binds_port_80_without_root():
@@ -517,3 +518,20 @@ def test_dockerfile_builds_both_binaries_and_runs_unprivileged():
     # The uid the Kubernetes securityContext declares is the image's user.
     edge = container(sapl_pod(), "sapl-edge")
     assert edge["securityContext"]["runAsUser"] == 10001
+
+
+# --- the operations doc ------------------------------------------------------------------
+
+
+def test_every_metric_the_operations_doc_names_exists():
+    with open(os.path.join(REPO, "deploy", "README.md")) as f:
+        named = set(re.findall(r"\bsapl_edge_[a-z_]*[a-z]\b", f.read()))
+    assert len(named) >= 15
+    source = ""
+    for path in glob.glob(os.path.join(REPO, "*", "src", "**", "*.rs"), recursive=True):
+        with open(path) as f:
+            source += f.read()
+    registered = set(re.findall(r'"(sapl_edge_[a-z_]+)"', source))
+    # An alert on a name nobody exports never fires.
+    assert named <= registered, "named in deploy/README.md, exported nowhere: %s" % sorted(
+        named - registered)
