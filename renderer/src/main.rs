@@ -2,6 +2,8 @@
 //! line. Subcommands keep room for the queue worker (`work`), which the job
 //! pipeline adds beside `render`.
 
+mod worker;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -23,6 +25,8 @@ struct Cli {
 enum Command {
     /// Render one report to a PDF file.
     Render(RenderArgs),
+    /// Consume the tenant's PDF job queue on Redis B (see src/worker/).
+    Work(Box<worker::WorkArgs>),
 }
 
 #[derive(Args)]
@@ -57,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
 
     match Cli::parse().command {
         Command::Render(args) => render_to_file(args).await,
+        Command::Work(args) => worker::run(*args).await,
     }
 }
 

@@ -51,6 +51,15 @@ end
 return 0
 "#;
 
+/// Moves everything left in one in-flight list back to the queue.
+const RETURN_ALL_SCRIPT: &str = r#"
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'RIGHT') do
+  n = n + 1
+end
+return n
+"#;
+
 /// One worker's handle on the broker database.
 #[derive(Clone)]
 pub struct Broker {
@@ -139,6 +148,25 @@ impl Broker {
             .invoke_async(&mut c)
             .await?;
         Ok(moved == 1)
+    }
+
+    /// Returns every message still in this worker's in-flight list to the queue.
+    pub async fn return_all(&self) -> RedisResult<u64> {
+        let mut c = self.conn.clone();
+        Script::new(RETURN_ALL_SCRIPT)
+            .key(self.tenant.inflight(&self.worker_id))
+            .key(self.tenant.queue())
+            .invoke_async(&mut c)
+            .await
+    }
+
+    /// Releases the job's render lock (the job goes back to the queue unfinished).
+    pub async fn forget_lock(&self, task_id: &str) -> RedisResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(self.tenant.lock(task_id))
+            .query_async(&mut c)
+            .await
     }
 
     /// Redelivers the messages of dead workers.

@@ -87,7 +87,11 @@ pub fn sweep(dir: &Path, ttl: Duration, hard_limit: Duration) -> Swept {
         }
     }
     if swept != Swept::default() {
-        debug!(expired = swept.expired, orphans = swept.orphans, "pdf directory swept");
+        debug!(
+            expired = swept.expired,
+            orphans = swept.orphans,
+            "pdf directory swept"
+        );
     }
     swept
 }
@@ -127,10 +131,25 @@ mod tests {
         let host = host_name();
         let hour = Duration::from_secs(3600);
         // 999999999 is above any pid_max, so no process has it.
-        assert!(is_orphan(&format!(".t.{host}.999999999.tmp"), &host, Duration::ZERO, hour));
+        assert!(is_orphan(
+            &format!(".t.{host}.999999999.tmp"),
+            &host,
+            Duration::ZERO,
+            hour
+        ));
         let me = std::process::id();
-        assert!(!is_orphan(&format!(".t.{host}.{me}.tmp"), &host, Duration::ZERO, hour));
-        assert!(!is_orphan(".t.other-host.999999999.tmp", &host, Duration::ZERO, hour));
+        assert!(!is_orphan(
+            &format!(".t.{host}.{me}.tmp"),
+            &host,
+            Duration::ZERO,
+            hour
+        ));
+        assert!(!is_orphan(
+            ".t.other-host.999999999.tmp",
+            &host,
+            Duration::ZERO,
+            hour
+        ));
         assert!(is_orphan(".t.other-host.1.tmp", &host, hour * 2, hour));
     }
 

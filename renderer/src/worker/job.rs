@@ -273,7 +273,9 @@ async fn attempt(w: &Arc<Worker>, tid: &str, spec: &JobSpec) -> Result<Rendered,
             let _ = tx.send(render_blocking(&database_url, &req, &opts, &dir, &task_id));
         });
     if let Err(e) = spawned {
-        return Err(Fault::Transient(format!("cannot start a render thread: {e}")));
+        return Err(Fault::Transient(format!(
+            "cannot start a render thread: {e}"
+        )));
     }
 
     let soft = tokio::time::sleep(w.settings.soft_time_limit);

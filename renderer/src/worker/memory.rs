@@ -36,7 +36,11 @@ pub async fn watch(soft: u64, hard: u64) {
         PEAK_RSS.fetch_max(rss, Ordering::Relaxed);
         metrics::RSS_BYTES.set(rss as i64);
         if rss > hard {
-            error!(rss, limit = hard, "memory envelope exceeded; the worker exits and its jobs are redelivered");
+            error!(
+                rss,
+                limit = hard,
+                "memory envelope exceeded; the worker exits and its jobs are redelivered"
+            );
             std::process::exit(EXIT_MEMORY);
         }
         if rss > soft && !warned {

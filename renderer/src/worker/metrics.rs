@@ -18,16 +18,28 @@ fn counter(name: &str, help: &str) -> IntCounterVec {
 }
 
 pub static STARTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("sapl_edge_jobs_started_total", "Renders started by the worker, by report kind.")
+    counter(
+        "sapl_edge_jobs_started_total",
+        "Renders started by the worker, by report kind.",
+    )
 });
 pub static DONE: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("sapl_edge_jobs_done_total", "Jobs whose PDF was written, by report kind.")
+    counter(
+        "sapl_edge_jobs_done_total",
+        "Jobs whose PDF was written, by report kind.",
+    )
 });
 pub static FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("sapl_edge_jobs_failed_total", "Jobs given up on, by report kind.")
+    counter(
+        "sapl_edge_jobs_failed_total",
+        "Jobs given up on, by report kind.",
+    )
 });
 pub static RETRIED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter("sapl_edge_jobs_retried_total", "Transient faults retried, by report kind.")
+    counter(
+        "sapl_edge_jobs_retried_total",
+        "Transient faults retried, by report kind.",
+    )
 });
 pub static RENDER_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
@@ -39,12 +51,18 @@ pub static RENDER_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 pub static RSS_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("sapl_edge_jobs_worker_rss_bytes", "Resident memory of the worker.")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "sapl_edge_jobs_worker_rss_bytes",
+        "Resident memory of the worker."
+    )
+    .expect("metric registers once")
 });
 pub static QUEUE_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("sapl_edge_jobs_worker_queue_depth", "Messages waiting in the queue.")
-        .expect("metric registers once")
+    register_int_gauge!(
+        "sapl_edge_jobs_worker_queue_depth",
+        "Messages waiting in the queue."
+    )
+    .expect("metric registers once")
 });
 
 /// The metric label for a kind: one of the four known kinds, or `other`.
