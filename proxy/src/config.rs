@@ -6,6 +6,7 @@
 //! Every error names the file, the line and the key, the way `nginx -t` does.
 //! `conf/README.md` documents every key.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -16,6 +17,11 @@ use ipnet::IpNet;
 use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::protection::blocklist::{self, BlocklistSpec};
+use crate::protection::bots::{NetworkRules, RulesFileError, UserAgentRules};
+use crate::protection::probes;
+use crate::protection::zones::{Rate, ZoneSpec};
 
 /// A configuration error, with where it was found.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,7 @@ pub struct Config {
     pub gzip: Gzip,
     pub cors: Cors,
     pub routes: Vec<Route>,
+    pub protection: Protection,
 }
 
 /// Process settings handed to Pingora.
@@ -96,6 +103,9 @@ pub struct Upstream {
 pub struct Forwarding {
     /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
     pub trusted_hops: Vec<IpNet>,
+    /// Take the client address from `X-Forwarded-For` when the peer is a trusted hop
+    /// (see [`crate::protection::realip`]).
+    pub real_ip: bool,
 }
 
 impl Forwarding {
@@ -161,6 +171,8 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub cors: bool,
     pub cache_control: Option<String>,
+    /// The rate zone requests on this route are counted in; `None`: not limited.
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -302,6 +314,7 @@ struct RawConfig {
     cors: RawCors,
     #[serde(rename = "route")]
     routes: Spanned<Vec<RawRoute>>,
+    protection: Option<RawProtection>,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +376,8 @@ struct RawUpstream {
 #[serde(deny_unknown_fields)]
 struct RawForwarding {
     trusted_hops: Vec<Spanned<String>>,
+    #[serde(default = "default_true")]
+    real_ip: bool,
 }
 
 impl Default for RawForwarding {
@@ -370,6 +385,7 @@ impl Default for RawForwarding {
         // Loopback only: a pod's edge is the first hop, so nothing else is trusted by default.
         RawForwarding {
             trusted_hops: vec![Spanned::new(0..0, "127.0.0.1/32".to_string())],
+            real_ip: true,
         }
     }
 }
@@ -492,6 +508,7 @@ struct RawRoute {
     #[serde(default)]
     cors: bool,
     cache_control: Option<String>,
+    zone: Option<Spanned<String>>,
 }
 
 impl RawConfig {
@@ -536,6 +553,11 @@ impl RawConfig {
             return Err(here.invalid(self.routes.span(), "route", "at least one route is needed"));
         }
 
+        let protection = validate_protection(self.protection.as_ref(), here)?;
+        for (raw, route) in self.routes.get_ref().iter().zip(routes.iter_mut()) {
+            route.zone = protection.zone_of(raw.zone.as_ref(), here)?;
+        }
+
         let server = Server {
             threads: self.server.threads.max(1),
             pid_file: self.server.pid_file,
@@ -554,7 +576,10 @@ impl RawConfig {
             server,
             listeners,
             upstream,
-            forwarding: Forwarding { trusted_hops },
+            forwarding: Forwarding {
+                trusted_hops,
+                real_ip: self.forwarding.real_ip,
+            },
             body,
             metrics: self.metrics.map(|m| Metrics {
                 address: m.address.into_inner(),
@@ -576,6 +601,7 @@ impl RawConfig {
                 max_age: self.cors.max_age,
             },
             routes,
+            protection,
         })
     }
 }
@@ -713,6 +739,7 @@ impl RawRoute {
             },
             cors: self.cors,
             cache_control: self.cache_control.clone(),
+            zone: None,
         })
     }
 }
@@ -736,6 +763,308 @@ fn parse_net(value: &Spanned<String>, here: &Source) -> Result<IpNet, ConfigErro
                 format!("`{text}` is not an address or network like \"10.0.0.0/8\""),
             )
         })
+}
+
+/// Ingress protection (`[protection]`): rate zones, bot rules, the Redis blocklist and
+/// scanner-probe drops (see [`crate::protection`]). Without the section all of it is off.
+#[derive(Debug, Clone)]
+pub struct Protection {
+    pub enabled: bool,
+    /// The built-in zones, replaced or extended by `[protection.zones.<name>]`.
+    pub zones: Vec<ZoneSpec>,
+    /// Clients tracked per zone before the least recently seen are forgotten.
+    pub max_clients: usize,
+    /// Paths (regexes) never counted in a zone: live-vote polling behind one NAT address.
+    pub exempt: Vec<Regex>,
+    /// Path endings dropped without an answer (lower case).
+    pub probe_suffixes: Vec<String>,
+    pub user_agents: Option<UserAgentRules>,
+    pub networks: Option<NetworkRules>,
+    pub blocklist: Option<BlocklistSpec>,
+    /// The zone of routes without a `zone` key.
+    pub default_zone: Option<String>,
+}
+
+impl Protection {
+    /// No `[protection]` section: nothing is judged, but `zone` keys are still checked
+    /// against the built-in zones so a typo is caught before the section is turned on.
+    fn off() -> Protection {
+        Protection {
+            enabled: false,
+            zones: default_zones(),
+            max_clients: DEFAULT_MAX_CLIENTS,
+            exempt: Vec::new(),
+            probe_suffixes: Vec::new(),
+            user_agents: None,
+            networks: None,
+            blocklist: None,
+            default_zone: None,
+        }
+    }
+
+    /// The zone a route's `zone` key names: the default when absent, none for `"off"`.
+    fn zone_of(
+        &self,
+        key: Option<&Spanned<String>>,
+        here: &Source,
+    ) -> Result<Option<String>, ConfigError> {
+        let Some(key) = key else {
+            return Ok(self.default_zone.clone());
+        };
+        let name = key.get_ref();
+        if name == "off" {
+            return Ok(None);
+        }
+        if self.zones.iter().any(|z| z.name == *name) {
+            return Ok(Some(name.clone()));
+        }
+        let known: Vec<&str> = self.zones.iter().map(|z| z.name.as_str()).collect();
+        Err(here.invalid(
+            key.span(),
+            "route.zone",
+            format!(
+                "unknown zone `{name}`; known: {}, or \"off\"",
+                known.join(", ")
+            ),
+        ))
+    }
+}
+
+const DEFAULT_MAX_CLIENTS: usize = 100_000;
+
+/// The rate-limiter generation's zones. Its rates; the bursts of `general`, `media` and
+/// `api` are ours (it lists none), sized for a page view's burst of requests.
+fn default_zones() -> Vec<ZoneSpec> {
+    let zone = |name: &str, rate: &str, burst: u64| ZoneSpec {
+        name: name.to_string(),
+        rate: Rate::parse(rate).unwrap_or_else(|_| unreachable!("built-in rate {rate}")),
+        burst,
+        nodelay: true,
+    };
+    vec![
+        zone("general", "120r/m", 30),
+        zone("media", "240r/m", 60),
+        zone("api", "120r/m", 30),
+        zone("heavy", "10r/m", 20),
+    ]
+}
+
+/// Live-vote traffic: many councillors behind one address poll these.
+const DEFAULT_EXEMPT: [&str; 3] = [
+    r"^/painel/\d+/dados$",
+    r"^/voto-individual/",
+    r"^/sessao/\d+",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProtection {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    default_zone: Option<Spanned<String>>,
+    max_clients: Option<usize>,
+    exempt: Option<Vec<Spanned<String>>>,
+    probe_suffixes: Option<Vec<String>>,
+    user_agents_file: Option<Spanned<PathBuf>>,
+    networks_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    zones: BTreeMap<String, RawZone>,
+    blocklist: Option<RawBlocklist>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZone {
+    rate: Spanned<String>,
+    #[serde(default)]
+    burst: u64,
+    #[serde(default)]
+    nodelay: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlocklist {
+    redis_url: Spanned<String>,
+    namespace: Option<String>,
+    #[serde(default = "default_blocklist_namespace_env")]
+    namespace_env: String,
+    lookup_timeout: Option<Spanned<String>>,
+    cache_ttl: Option<Spanned<String>>,
+    refresh_interval: Option<Spanned<String>>,
+    #[serde(default = "default_blocklist_retry_after")]
+    retry_after: u64,
+}
+
+/// SAPL's own setting name for the tenant namespace.
+fn default_blocklist_namespace_env() -> String {
+    "POD_NAMESPACE".into()
+}
+
+fn default_blocklist_retry_after() -> u64 {
+    300
+}
+
+/// A rules file error as a configuration error: the rules file's own line when the
+/// content is wrong, the configuration key's line when the file cannot be read.
+fn rules_file_error(
+    e: RulesFileError,
+    key: &Spanned<PathBuf>,
+    name: &str,
+    here: &Source,
+) -> ConfigError {
+    match e {
+        RulesFileError::Line {
+            path,
+            line,
+            message,
+        } => ConfigError::Invalid {
+            path,
+            line,
+            key: name.to_string(),
+            message,
+        },
+        read @ RulesFileError::Read { .. } => here.invalid(key.span(), name, read.to_string()),
+    }
+}
+
+fn validate_protection(
+    raw: Option<&RawProtection>,
+    here: &Source,
+) -> Result<Protection, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Protection::off());
+    };
+
+    let mut zones = default_zones();
+    for (name, z) in &raw.zones {
+        if name == "off" {
+            return Err(here.invalid(
+                z.rate.span(),
+                "protection.zones",
+                "`off` means no zone; pick another name",
+            ));
+        }
+        let rate = Rate::parse(z.rate.get_ref())
+            .map_err(|e| here.invalid(z.rate.span(), "protection.zones.rate", e.to_string()))?;
+        let spec = ZoneSpec {
+            name: name.clone(),
+            rate,
+            burst: z.burst,
+            nodelay: z.nodelay,
+        };
+        match zones.iter_mut().find(|known| known.name == *name) {
+            Some(known) => *known = spec,
+            None => zones.push(spec),
+        }
+    }
+
+    let default_zone = match &raw.default_zone {
+        None => Some("general".to_string()),
+        Some(name) if name.get_ref() == "off" => None,
+        Some(name) if zones.iter().any(|z| z.name == *name.get_ref()) => {
+            Some(name.get_ref().clone())
+        }
+        Some(name) => {
+            return Err(here.invalid(
+                name.span(),
+                "protection.default_zone",
+                format!("unknown zone `{}`", name.get_ref()),
+            ))
+        }
+    };
+
+    let exempt = match &raw.exempt {
+        None => DEFAULT_EXEMPT
+            .iter()
+            .map(|p| Regex::new(p).unwrap_or_else(|_| unreachable!("built-in regex {p}")))
+            .collect(),
+        Some(list) => {
+            let mut exempt = Vec::new();
+            for p in list {
+                exempt.push(Regex::new(p.get_ref()).map_err(|e| {
+                    here.invalid(
+                        p.span(),
+                        "protection.exempt",
+                        format!("invalid regular expression: {e}"),
+                    )
+                })?);
+            }
+            exempt
+        }
+    };
+
+    let probe_suffixes = match &raw.probe_suffixes {
+        None => probes::DEFAULT_SUFFIXES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(list) => list
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
+    };
+
+    let user_agents = match &raw.user_agents_file {
+        None => None,
+        Some(path) => Some(
+            UserAgentRules::load(path.get_ref())
+                .map_err(|e| rules_file_error(e, path, "protection.user_agents_file", here))?,
+        ),
+    };
+    let networks = match &raw.networks_file {
+        None => None,
+        Some(path) => Some(
+            NetworkRules::load(path.get_ref())
+                .map_err(|e| rules_file_error(e, path, "protection.networks_file", here))?,
+        ),
+    };
+
+    let blocklist = match &raw.blocklist {
+        None => None,
+        Some(b) => {
+            blocklist::check_url(b.redis_url.get_ref()).map_err(|e| {
+                here.invalid(b.redis_url.span(), "protection.blocklist.redis_url", e)
+            })?;
+            let namespace = b
+                .namespace
+                .clone()
+                .or_else(|| std::env::var(&b.namespace_env).ok())
+                .filter(|ns| !ns.trim().is_empty());
+            Some(BlocklistSpec {
+                redis_url: b.redis_url.get_ref().clone(),
+                namespace,
+                lookup_timeout: opt_duration(
+                    &b.lookup_timeout,
+                    "protection.blocklist.lookup_timeout",
+                    here,
+                )?
+                .unwrap_or(Duration::from_millis(200)),
+                cache_ttl: opt_duration(&b.cache_ttl, "protection.blocklist.cache_ttl", here)?
+                    .unwrap_or(Duration::from_secs(5)),
+                refresh_interval: opt_duration(
+                    &b.refresh_interval,
+                    "protection.blocklist.refresh_interval",
+                    here,
+                )?
+                .unwrap_or(Duration::from_secs(60)),
+                retry_after: b.retry_after,
+            })
+        }
+    };
+
+    Ok(Protection {
+        enabled: raw.enabled,
+        zones,
+        max_clients: raw.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
+        exempt,
+        probe_suffixes,
+        user_agents,
+        networks,
+        blocklist,
+        default_zone,
+    })
 }
 
 #[cfg(test)]

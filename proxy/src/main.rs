@@ -10,6 +10,7 @@ mod config;
 mod files;
 mod forwarding;
 mod metrics;
+mod protection;
 mod proxy;
 mod reload;
 mod routes;
@@ -150,6 +151,11 @@ fn run(cli: Cli, config: Config) -> ExitCode {
         server.add_service(service);
         info!(address = %m.address, "metrics listener ready");
     }
+
+    server.add_service(background_service(
+        "blocklist",
+        protection::BlocklistRefresher { live: live.clone() },
+    ));
 
     server.add_service(background_service(
         "reload",

@@ -61,6 +61,70 @@ pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static PROTECTION_REFUSALS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sapl_edge_protection_refusals_total",
+        "Requests refused by ingress protection, by rule (zone, user_agent, network, \
+         blocklist_prefix, blocklist_ip, blocklist_api, probe) and zone (for rule zone).",
+        &["rule", "zone"]
+    )
+    .expect("metric registers once")
+});
+
+pub static ZONE_DELAYED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sapl_edge_protection_delayed_total",
+        "Requests held back to their zone's rate (zones without nodelay), by zone.",
+        &["zone"]
+    )
+    .expect("metric registers once")
+});
+
+pub static ZONE_DELAY_SECONDS: LazyLock<prometheus::CounterVec> = LazyLock::new(|| {
+    prometheus::register_counter_vec!(
+        "sapl_edge_protection_delay_seconds_total",
+        "Total time requests were held back by their zone, by zone.",
+        &["zone"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BLOCKLIST_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sapl_edge_protection_blocklist_lookups_total",
+        "Per-client blocklist answers, by source (cache, redis).",
+        &["source"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BLOCKLIST_FAIL_OPEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sapl_edge_protection_blocklist_fail_open_total",
+        "Requests let through unchecked because Redis could not answer, by cause \
+         (timeout, error, not_connected, backoff).",
+        &["cause"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BLOCKLIST_REFRESHES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "sapl_edge_protection_blocklist_refreshes_total",
+        "Reads of the blocked-prefix set from Redis, by result (ok, error).",
+        &["result"]
+    )
+    .expect("metric registers once")
+});
+
+pub static BLOCKLIST_PREFIXES: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "sapl_edge_protection_blocklist_prefixes",
+        "Entries of the blocked-prefix set as last read from Redis."
+    )
+    .expect("metric registers once")
+});
+
 /// `2xx`, `4xx`… for a status code; `0` (connection closed before an answer) is `none`.
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -80,6 +144,13 @@ pub fn init() {
     LazyLock::force(&RESPONSE_BYTES);
     LazyLock::force(&UPSTREAM_ERRORS);
     LazyLock::force(&CONFIG_RELOADS);
+    LazyLock::force(&PROTECTION_REFUSALS);
+    LazyLock::force(&ZONE_DELAYED);
+    LazyLock::force(&ZONE_DELAY_SECONDS);
+    LazyLock::force(&BLOCKLIST_LOOKUPS);
+    LazyLock::force(&BLOCKLIST_FAIL_OPEN);
+    LazyLock::force(&BLOCKLIST_REFRESHES);
+    LazyLock::force(&BLOCKLIST_PREFIXES);
 }
 
 /// The metrics listener's application: `/metrics`, `/healthz`, `/readyz`.

@@ -27,18 +27,37 @@ use crate::config::{Action, Config, Route, UpstreamAddress};
 use crate::files;
 use crate::forwarding;
 use crate::metrics;
+use crate::protection::{self, realip, Protection};
 use crate::routes::{self, RouteTable};
 
 /// One generation of the configuration; SIGHUP swaps in a new one.
 pub struct Runtime {
     pub config: Config,
     pub routes: RouteTable,
+    pub protection: Protection,
 }
 
 impl Runtime {
     pub fn new(config: Config) -> Runtime {
         let routes = RouteTable::new(&config);
-        Runtime { config, routes }
+        let protection = Protection::new(&config.protection, None);
+        Runtime {
+            config,
+            routes,
+            protection,
+        }
+    }
+
+    /// The generation after `previous`: rate zones and the blocklist whose settings did not
+    /// change keep their state.
+    pub fn renew(config: Config, previous: &Runtime) -> Runtime {
+        let routes = RouteTable::new(&config);
+        let protection = Protection::new(&config.protection, Some(&previous.protection));
+        Runtime {
+            config,
+            routes,
+            protection,
+        }
     }
 }
 
@@ -66,6 +85,10 @@ pub struct RequestCtx {
     local_status: Option<u16>,
     /// Why the edge refused the request, for the access log.
     refusal: Option<&'static str>,
+    /// The real client address ([`realip`]); `None` before it is known.
+    client: Option<IpAddr>,
+    /// The rate zone the request was counted in, for the access log.
+    zone: Option<Arc<str>>,
 }
 
 impl EdgeProxy {
@@ -88,6 +111,8 @@ impl ProxyHttp for EdgeProxy {
             upstream_time: None,
             local_status: None,
             refusal: None,
+            client: None,
+            zone: None,
         }
     }
 
@@ -98,6 +123,14 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.runtime = self.live.load_full();
         ctx.request_id = forwarding::request_id(session.req_header().headers.get("x-request-id"));
+        ctx.client = client_ip(session).map(|peer| {
+            let forwarded = session.req_header().headers.get_all("x-forwarded-for");
+            realip::client_ip(
+                peer,
+                forwarded.iter().map(|v| v.as_bytes()),
+                &ctx.runtime.config.forwarding,
+            )
+        });
 
         if has_conflicting_framing(session) {
             return refuse(
@@ -123,6 +156,10 @@ impl ProxyHttp for EdgeProxy {
             Ok(path) => path,
             Err(_) => return refuse(session, ctx, StatusCode::BAD_REQUEST, "bad path").await,
         };
+        if ctx.runtime.protection.is_probe(&path) {
+            return protection::drop_probe(session, ctx);
+        }
+
         let runtime = ctx.runtime.clone();
         let Some(route) = runtime.routes.find(&path).cloned() else {
             return refuse(session, ctx, StatusCode::NOT_FOUND, "no route").await;
@@ -145,6 +182,10 @@ impl ProxyHttp for EdgeProxy {
             resp.insert_header("X-Request-ID", &ctx.request_id)?;
             session.write_response_header(Box::new(resp), true).await?;
             ctx.local_status = Some(204);
+            return Ok(true);
+        }
+
+        if protection::enforce(session, ctx, &runtime, &route, &path).await? {
             return Ok(true);
         }
 
@@ -262,7 +303,8 @@ impl ProxyHttp for EdgeProxy {
         info!(
             target: "access",
             request_id = %ctx.request_id,
-            client = %client_ip(session).map(|ip| ip.to_string()).unwrap_or_default(),
+            client = %ctx.client.map(|ip| ip.to_string()).unwrap_or_default(),
+            peer = %client_ip(session).map(|ip| ip.to_string()).unwrap_or_default(),
             method = %req.method,
             uri = %req.uri,
             route = %route,
@@ -271,6 +313,7 @@ impl ProxyHttp for EdgeProxy {
             upstream_ms = ctx.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             refusal = ctx.refusal,
+            zone = ctx.zone.as_deref(),
             error = e.map(|e| e.to_string()),
         );
     }
@@ -488,6 +531,22 @@ pub async fn write_error_answer(
 impl RequestCtx {
     pub fn request_id(&self) -> &str {
         &self.request_id
+    }
+
+    /// The real client address; unspecified when the peer has no IP address (unix socket).
+    pub fn client(&self) -> IpAddr {
+        self.client
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// Records a refusal the edge answered (or dropped) itself, for the access log.
+    pub fn note_refusal(&mut self, status: u16, reason: &'static str) {
+        self.local_status = Some(status);
+        self.refusal = Some(reason);
+    }
+
+    pub fn set_zone(&mut self, zone: Option<Arc<str>>) {
+        self.zone = zone;
     }
 
     pub fn mark_upstream_start(&mut self) {

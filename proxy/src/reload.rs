@@ -36,7 +36,7 @@ impl Reloader {
                     warn!("listener addresses changed; they apply after a restart or upgrade");
                 }
                 let routes = config.routes.len();
-                self.live.store(Arc::new(Runtime::new(config)));
+                self.live.store(Arc::new(Runtime::renew(config, &old)));
                 metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
                 info!(config = %self.path.display(), routes, "configuration reloaded");
             }
