@@ -1,0 +1,195 @@
+//! The voting panel's WebSockets, held by the edge instead of Daphne.
+//!
+//! Django keeps publishing with the standard Channels API (`group_send` on
+//! channels_redis, Redis A DB 2); the edge takes the sockets SAPL's pages open at
+//! `/ws/painel/<sessao_id>/`, checks the viewer against PostgreSQL, and relays each group
+//! message to every socket of that sessão.
+//!
+//! - [`socket`]: one WebSocket session (handshake, admission, hygiene) on the internal
+//!   unix socket the proxy routes `websocket` routes to;
+//! - [`auth`]: Django session and permission check;
+//! - [`hub`]: the sockets of this process by group, caps and fan-out;
+//! - [`bridge`]: channels_redis core and pub/sub layers;
+//! - [`wire`]: the layer's message format and what a socket is sent;
+//! - [`snapshot`]: the payload a new socket gets first;
+//! - [`poll`]: poll-to-push for chambers without Channels, and the dados answers from it;
+//! - [`metrics`]: the panel's Prometheus metrics.
+//!
+//! `[painel]` is read at start: changing it needs a restart, like the listeners.
+
+pub mod auth;
+pub mod bridge;
+pub mod hub;
+pub mod metrics;
+pub mod poll;
+pub mod snapshot;
+pub mod socket;
+pub mod wire;
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use crate::config::{Painel as PainelConfig, PainelAuth};
+use crate::proxy::Live;
+
+use self::auth::Authenticator;
+use self::bridge::Bridge;
+use self::hub::{GroupChange, Hub};
+
+/// What the socket service, the bridge, the poller and the proxy share.
+pub struct Painel {
+    pub config: PainelConfig,
+    pub hub: Arc<Hub>,
+    pub bridge: Arc<Bridge>,
+    pub auth: Authenticator,
+    pub live: Live,
+    pub poll: poll::PollResults,
+    changes: Mutex<Option<mpsc::UnboundedReceiver<GroupChange>>>,
+}
+
+/// `[painel]` could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum PainelError {
+    #[error("painel.redis_url: {0}")]
+    Redis(#[from] bridge::BridgeError),
+}
+
+impl Painel {
+    pub fn new(config: PainelConfig, live: Live) -> Result<Arc<Painel>, PainelError> {
+        let (hub, changes) = Hub::new(
+            config.max_sockets,
+            config.max_sockets_per_ip,
+            config.send_queue,
+        );
+        let bridge = Arc::new(Bridge::new(config.clone(), hub.clone())?);
+        let auth = match &config.auth {
+            PainelAuth::Django {
+                database_url,
+                secret_key,
+                modules,
+                permissions,
+            } => {
+                if database_url.is_none() {
+                    warn!("painel: auth = \"django\" but no DATABASE_URL: every socket will be closed 1011");
+                }
+                if secret_key.is_none() {
+                    warn!(
+                        "painel: no SECRET_KEY: sessions are not invalidated by password changes"
+                    );
+                }
+                Authenticator::new(
+                    database_url.clone(),
+                    secret_key.clone(),
+                    modules.clone(),
+                    permissions.clone(),
+                )
+            }
+            PainelAuth::Public => Authenticator::new(None, None, Vec::new(), Vec::new()),
+        };
+        metrics::init();
+        Ok(Arc::new(Painel {
+            config,
+            hub,
+            bridge,
+            auth,
+            live,
+            poll: poll::PollResults::default(),
+            changes: Mutex::new(Some(changes)),
+        }))
+    }
+
+    /// The Channels group of a sessão, from `group_template`.
+    pub fn group_name(&self, sessao_id: u64) -> String {
+        self.config
+            .group_template
+            .replace("{sessao_id}", &sessao_id.to_string())
+    }
+}
+
+/// The bridge and the poller, in a runtime of their own.
+pub struct PainelBackground {
+    pub painel: Arc<Painel>,
+}
+
+#[async_trait]
+impl BackgroundService for PainelBackground {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let changes = self
+            .painel
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(changes) = changes else {
+            error!("painel: background service started twice");
+            return;
+        };
+        let poller = self
+            .painel
+            .config
+            .poll
+            .is_some()
+            .then(|| tokio::spawn(poll::run(self.painel.clone(), shutdown.clone())));
+        self.painel.bridge.clone().run(changes, shutdown).await;
+        if let Some(p) = poller {
+            p.abort();
+        }
+    }
+}
+
+/// Adds the WebSocket listening service (on `[painel] socket`) and the bridge to Pingora.
+pub fn add_services(server: &mut pingora::server::Server, painel: &Arc<Painel>) {
+    let path = painel.config.socket.to_string_lossy().into_owned();
+    // A socket file left by a killed process would make the bind fail.
+    let _ = std::fs::remove_file(&path);
+    let mut service = pingora::services::listening::Service::new(
+        "painel websockets".to_string(),
+        socket::PainelApp {
+            painel: painel.clone(),
+        },
+    );
+    // Only the edge's own proxy connects here.
+    service.add_uds(&path, Some(std::fs::Permissions::from_mode(0o600)));
+    server.add_service(service);
+    server.add_service(pingora::services::background::background_service(
+        "painel bridge",
+        PainelBackground {
+            painel: painel.clone(),
+        },
+    ));
+    tracing::info!(socket = %path, prefix = %painel.config.prefix, "painel websockets ready");
+}
+
+/// The peer the proxy forwards `websocket` routes to: the socket service.
+pub fn socket_peer(config: &PainelConfig) -> pingora::Result<Box<pingora::prelude::HttpPeer>> {
+    let mut peer = pingora::prelude::HttpPeer::new_uds(
+        &config.socket.to_string_lossy(),
+        false,
+        String::new(),
+    )?;
+    peer.options.connection_timeout = Some(std::time::Duration::from_secs(5));
+    peer.options.read_timeout = Some(idle_timeout(config));
+    Ok(Box::new(peer))
+}
+
+/// How long an upgraded panel socket may stay silent before the proxy drops it: two rounds
+/// of ping and pong timeout, so only a dead socket ever reaches it.
+pub fn idle_timeout(config: &PainelConfig) -> std::time::Duration {
+    (config.ping_interval + config.pong_timeout) * 2
+}
+
+/// The `sessao_id` a panel route's regex captured from `path`.
+pub fn sessao_id(route: &crate::config::Route, path: &str) -> Option<u64> {
+    match &route.matcher {
+        crate::config::Matcher::Regex(re) => {
+            re.captures(path)?.name("sessao_id")?.as_str().parse().ok()
+        }
+        crate::config::Matcher::Prefix(_) => None,
+    }
+}
