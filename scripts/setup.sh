@@ -156,3 +156,19 @@ make_venv .venv-test "$PY311" testbed/requirements-test.txt
 say "Django peer: $(.venv-django/bin/python -c 'import django, sys; print("Django", django.get_version(), "on Python", sys.version.split()[0])')"
 say "test venv:   $(.venv-test/bin/python -m pytest --version 2>&1 | head -n 1)"
 say "setup done"
+
+# ---------------------------------------------------------------------------------------
+# Panel WebSocket peers (issue 5; owned by the painel work, kept to this block)
+# ---------------------------------------------------------------------------------------
+#   .venv-channels3  Django 2.2 + channels-redis 3.4.1 + Daphne 3 on Python 3.9 (SAPL's pins)
+#   .venv-channels4  Django 4.2 + channels-redis 4.x on Python 3.11
+# proxy/tests/painel.rs publishes through both; a missing Python 3.9 skips only the 3.4.1
+# peer, loudly.
+if [ -n "$PY39" ]; then
+    make_venv .venv-channels3 "$PY39" testbed/requirements-channels3.txt
+else
+    warn "Python 3.9 NOT FOUND: .venv-channels3 (channels-redis 3.4.1) not created; the
+    panel tests against SAPL's channels-redis pin will report themselves skipped."
+fi
+make_venv .venv-channels4 "$PY311" testbed/requirements-channels4.txt
+say "panel peers ready"

@@ -53,6 +53,8 @@ pub struct Config {
     pub cors: Cors,
     pub routes: Vec<Route>,
     pub protection: Protection,
+    /// The voting panel's WebSockets; needed by `websocket` and `painel_dados` routes.
+    pub painel: Option<Painel>,
 }
 
 /// Process settings handed to Pingora.
@@ -197,6 +199,92 @@ pub enum Action {
     Upstream,
     /// Serve files under `root`; the part of the path after the route's prefix names the file.
     Files { root: PathBuf },
+    /// A panel WebSocket (`/ws/painel/<sessao_id>/`), terminated by the edge; the route's
+    /// regex captures `sessao_id`.
+    WebSocket,
+    /// `GET /painel/<sessao_id>/dados`: answered from the shared poll result when `[painel]`
+    /// polls, forwarded to Gunicorn otherwise.
+    PainelDados,
+}
+
+/// The voting panel's WebSockets (`[painel]`): where the edge terminates them, how it
+/// joins Django's channel layer on Redis A, and how it checks who may watch.
+#[derive(Debug, Clone)]
+pub struct Painel {
+    /// The unix socket of the WebSocket service; `websocket` routes are proxied to it.
+    pub socket: PathBuf,
+    /// The Channels group of a sessão, e.g. `painel_{sessao_id}`.
+    pub group_template: String,
+    /// channels_redis `prefix`: per tenant, equal to Django's `CHANNEL_LAYERS` prefix. Every
+    /// key the edge writes starts with it too.
+    pub prefix: String,
+    /// Redis A, database 2 (`redis://host:6379/2`).
+    pub redis_url: String,
+    pub layer: PainelLayer,
+    /// channels_redis `capacity`: messages one process key holds before new ones are dropped.
+    pub capacity: u64,
+    /// channels_redis `expiry`: how long a message waits in Redis before it is dropped.
+    pub expiry: Duration,
+    /// channels_redis `group_expiry`: members older than this are dropped by `group_send`.
+    pub group_expiry: Duration,
+    /// How often the edge re-adds its memberships, well inside `group_expiry`.
+    pub membership_refresh: Duration,
+    /// channels_redis `symmetric_encryption_keys` (Fernet); empty means plain msgpack.
+    pub encryption_keys: Vec<String>,
+    pub auth: PainelAuth,
+    /// `Origin`s accepted besides the request's own host (`https://painel.camara.leg.br`).
+    pub allowed_origins: Vec<String>,
+    pub ping_interval: Duration,
+    /// A socket that has not answered a ping for this long is closed.
+    pub pong_timeout: Duration,
+    pub max_sockets: usize,
+    pub max_sockets_per_ip: usize,
+    /// Largest message (and frame) a client may send; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Messages queued for one socket; a socket that falls further behind is closed (1013).
+    pub send_queue: usize,
+    /// How long the last message of a group stays in Redis A as the snapshot for new sockets.
+    pub snapshot_ttl: Duration,
+    /// The Django URL of a sessão's full payload, e.g. `/painel/{sessao_id}/dados`.
+    pub dados_path: String,
+    /// Poll-to-push: the edge polls `dados_path` itself for chambers without Channels.
+    pub poll: Option<PainelPoll>,
+}
+
+/// Which channels_redis layer Django publishes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PainelLayer {
+    /// `channels_redis.core.RedisChannelLayer` (3.4.1 and 4.x).
+    Core,
+    /// `channels_redis.pubsub.RedisPubSubChannelLayer`.
+    PubSub,
+}
+
+/// Who may open a panel socket.
+#[derive(Debug, Clone)]
+pub enum PainelAuth {
+    /// Anyone: chambers that show the panel to the public.
+    Public,
+    /// The Django session named by the `sessionid` cookie, read from PostgreSQL.
+    Django {
+        /// From the environment variable named by `database_url_env`.
+        database_url: Option<String>,
+        /// From the environment variable named by `secret_key_env`; enables the
+        /// `_auth_user_hash` (password changed) check.
+        secret_key: Option<String>,
+        /// A user passes with any permission of these apps (`has_module_perms`).
+        modules: Vec<String>,
+        /// …or any of these permissions, `app_label.codename`.
+        permissions: Vec<String>,
+    },
+}
+
+/// Poll-to-push settings.
+#[derive(Debug, Clone)]
+pub struct PainelPoll {
+    pub interval: Duration,
+    /// A `painel_dados` request is answered from the shared result when it is this fresh.
+    pub max_age: Duration,
 }
 
 impl Config {
@@ -315,6 +403,7 @@ struct RawConfig {
     #[serde(rename = "route")]
     routes: Spanned<Vec<RawRoute>>,
     protection: Option<RawProtection>,
+    painel: Option<RawPainel>,
 }
 
 #[derive(Deserialize)]
@@ -511,6 +600,246 @@ struct RawRoute {
     zone: Option<Spanned<String>>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPainel {
+    socket: Option<PathBuf>,
+    group_template: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    #[serde(default = "default_namespace_env")]
+    namespace_env: String,
+    redis_url: Spanned<String>,
+    layer: Option<Spanned<String>>,
+    capacity: Option<u64>,
+    expiry: Option<Spanned<String>>,
+    group_expiry: Option<Spanned<String>>,
+    membership_refresh: Option<Spanned<String>>,
+    #[serde(default)]
+    symmetric_encryption_keys: Vec<String>,
+    auth: Option<Spanned<String>>,
+    #[serde(default = "default_database_url_env")]
+    database_url_env: String,
+    #[serde(default = "default_secret_key_env")]
+    secret_key_env: String,
+    permission_modules: Option<Vec<String>>,
+    permissions: Option<Vec<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    ping_interval: Option<Spanned<String>>,
+    pong_timeout: Option<Spanned<String>>,
+    max_sockets: Option<usize>,
+    max_sockets_per_ip: Option<usize>,
+    max_message_size: Option<Spanned<RawSize>>,
+    send_queue: Option<Spanned<usize>>,
+    snapshot_ttl: Option<Spanned<String>>,
+    dados_path: Option<Spanned<String>>,
+    #[serde(default)]
+    poll: bool,
+    poll_interval: Option<Spanned<String>>,
+}
+
+fn default_namespace_env() -> String {
+    "POD_NAMESPACE".into()
+}
+
+fn default_database_url_env() -> String {
+    "DATABASE_URL".into()
+}
+
+fn default_secret_key_env() -> String {
+    "SECRET_KEY".into()
+}
+
+/// A non-empty environment variable.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl RawPainel {
+    fn validate(&self, here: &Source) -> Result<Painel, ConfigError> {
+        let d = |v: &Option<Spanned<String>>, key: &str, default: Duration| {
+            opt_duration(v, key, here).map(|d| d.unwrap_or(default))
+        };
+
+        let group_template = match &self.group_template {
+            Some(t) if t.get_ref().contains("{sessao_id}") => t.get_ref().clone(),
+            Some(t) => {
+                return Err(here.invalid(
+                    t.span(),
+                    "painel.group_template",
+                    "must contain `{sessao_id}`",
+                ))
+            }
+            None => "painel_{sessao_id}".into(),
+        };
+
+        // Redis A is shared by the whole fleet and sessão ids repeat across chambers, so a
+        // prefix is never left at channels_redis's `asgi`.
+        let prefix = match &self.prefix {
+            Some(p) if !p.get_ref().is_empty() => p.get_ref().clone(),
+            Some(p) => return Err(here.invalid(p.span(), "painel.prefix", "must not be empty")),
+            None => match env_var(&self.namespace_env) {
+                Some(ns) => format!("asgi-{}", ns.trim()),
+                None => {
+                    return Err(here.invalid(
+                        self.redis_url.span(),
+                        "painel.prefix",
+                        format!(
+                            "no `prefix` and ${} is not set: a per-tenant prefix is required",
+                            self.namespace_env
+                        ),
+                    ))
+                }
+            },
+        };
+
+        let url = self.redis_url.get_ref();
+        if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+            return Err(here.invalid(
+                self.redis_url.span(),
+                "painel.redis_url",
+                format!("`{url}` is not a URL like \"redis://redis-a:6379/2\""),
+            ));
+        }
+
+        let layer = match self.layer.as_ref().map(|l| l.get_ref().as_str()) {
+            None | Some("core") => PainelLayer::Core,
+            Some("pubsub") => PainelLayer::PubSub,
+            Some(_) => {
+                let span = self.layer.as_ref().map(|l| l.span()).unwrap_or_default();
+                return Err(here.invalid(span, "painel.layer", "must be \"core\" or \"pubsub\""));
+            }
+        };
+
+        let auth = match self.auth.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("django") => PainelAuth::Django {
+                database_url: env_var(&self.database_url_env),
+                secret_key: env_var(&self.secret_key_env),
+                modules: self
+                    .permission_modules
+                    .clone()
+                    .unwrap_or_else(|| vec!["painel".into(), "sessao".into()]),
+                permissions: self
+                    .permissions
+                    .clone()
+                    .unwrap_or_else(|| vec!["parlamentares.can_vote".into()]),
+            },
+            Some("public") => PainelAuth::Public,
+            Some(_) => {
+                let span = self.auth.as_ref().map(|a| a.span()).unwrap_or_default();
+                return Err(here.invalid(span, "painel.auth", "must be \"django\" or \"public\""));
+            }
+        };
+
+        let group_expiry = d(
+            &self.group_expiry,
+            "painel.group_expiry",
+            Duration::from_secs(86_400),
+        )?;
+        let membership_refresh = d(
+            &self.membership_refresh,
+            "painel.membership_refresh",
+            group_expiry / 4,
+        )?;
+        if membership_refresh.is_zero() || membership_refresh >= group_expiry {
+            let span = self
+                .membership_refresh
+                .as_ref()
+                .map(|v| v.span())
+                .unwrap_or_default();
+            return Err(here.invalid(
+                span,
+                "painel.membership_refresh",
+                "must be shorter than group_expiry",
+            ));
+        }
+
+        let send_queue = self.send_queue.as_ref().map_or(64, |q| *q.get_ref());
+        if send_queue == 0 {
+            let span = self
+                .send_queue
+                .as_ref()
+                .map(|q| q.span())
+                .unwrap_or_default();
+            return Err(here.invalid(span, "painel.send_queue", "must be at least 1"));
+        }
+
+        let dados_path = match &self.dados_path {
+            Some(p) if p.get_ref().starts_with('/') && p.get_ref().contains("{sessao_id}") => {
+                p.get_ref().clone()
+            }
+            Some(p) => {
+                return Err(here.invalid(
+                    p.span(),
+                    "painel.dados_path",
+                    "must start with `/` and contain `{sessao_id}`",
+                ))
+            }
+            None => "/painel/{sessao_id}/dados".into(),
+        };
+
+        let poll = if self.poll {
+            let interval = d(
+                &self.poll_interval,
+                "painel.poll_interval",
+                Duration::from_millis(500),
+            )?;
+            Some(PainelPoll {
+                interval,
+                max_age: interval * 4,
+            })
+        } else {
+            None
+        };
+
+        Ok(Painel {
+            socket: self
+                .socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/tmp/sapl-edge-painel.sock")),
+            group_template,
+            prefix,
+            redis_url: url.clone(),
+            layer,
+            capacity: self.capacity.unwrap_or(1500),
+            expiry: d(&self.expiry, "painel.expiry", Duration::from_secs(10))?,
+            group_expiry,
+            membership_refresh,
+            encryption_keys: self.symmetric_encryption_keys.clone(),
+            auth,
+            allowed_origins: self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+            ping_interval: d(
+                &self.ping_interval,
+                "painel.ping_interval",
+                Duration::from_secs(25),
+            )?,
+            pong_timeout: d(
+                &self.pong_timeout,
+                "painel.pong_timeout",
+                Duration::from_secs(20),
+            )?,
+            max_sockets: self.max_sockets.unwrap_or(20_000),
+            max_sockets_per_ip: self.max_sockets_per_ip.unwrap_or(50),
+            max_message_size: match &self.max_message_size {
+                Some(v) => here.size(v, "painel.max_message_size")? as usize,
+                None => 64 * 1024,
+            },
+            send_queue,
+            snapshot_ttl: d(
+                &self.snapshot_ttl,
+                "painel.snapshot_ttl",
+                Duration::from_secs(6 * 3600),
+            )?,
+            dados_path,
+            poll,
+        })
+    }
+}
+
 impl RawConfig {
     fn validate(self, here: &Source) -> Result<Config, ConfigError> {
         let listeners = validate_listeners(&self.listeners, here)?;
@@ -558,6 +887,17 @@ impl RawConfig {
             route.zone = protection.zone_of(raw.zone.as_ref(), here)?;
         }
 
+        let painel = self.painel.as_ref().map(|p| p.validate(here)).transpose()?;
+        for (route, raw) in routes.iter().zip(self.routes.get_ref()) {
+            if matches!(route.action, Action::WebSocket | Action::PainelDados) && painel.is_none() {
+                return Err(here.invalid(
+                    raw.action.span(),
+                    "route.action",
+                    format!("route `{}` needs a `[painel]` section", route.name),
+                ));
+            }
+        }
+
         let server = Server {
             threads: self.server.threads.max(1),
             pid_file: self.server.pid_file,
@@ -601,6 +941,7 @@ impl RawConfig {
                 max_age: self.cors.max_age,
             },
             routes,
+            painel,
             protection,
         })
     }
@@ -718,11 +1059,33 @@ impl RawRoute {
                     root: root.get_ref().clone(),
                 }
             }
+            "websocket" | "painel_dados" => {
+                let captures = match &matcher {
+                    Matcher::Regex(re) => re.capture_names().flatten().any(|n| n == "sessao_id"),
+                    Matcher::Prefix(_) => false,
+                };
+                if !captures {
+                    return Err(here.invalid(
+                        self.action.span(),
+                        "route.regex",
+                        format!(
+                            "route `{name}` needs a `regex` with a `(?P<sessao_id>[0-9]+)` capture"
+                        ),
+                    ));
+                }
+                if self.action.get_ref() == "websocket" {
+                    Action::WebSocket
+                } else {
+                    Action::PainelDados
+                }
+            }
             other => {
                 return Err(here.invalid(
                     self.action.span(),
                     "route.action",
-                    format!("unknown action `{other}`; known: upstream, files"),
+                    format!(
+                        "unknown action `{other}`; known: upstream, files, websocket, painel_dados"
+                    ),
                 ))
             }
         };

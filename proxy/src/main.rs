@@ -10,6 +10,7 @@ mod config;
 mod files;
 mod forwarding;
 mod metrics;
+mod painel;
 mod protection;
 mod proxy;
 mod reload;
@@ -129,11 +130,26 @@ fn run(cli: Cli, config: Config) -> ExitCode {
 
     let live = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())));
 
+    let painel = match &config.painel {
+        Some(p) => match painel::Painel::new(p.clone(), live.clone()) {
+            Ok(painel) => {
+                painel::add_services(&mut server, &painel);
+                Some(painel)
+            }
+            Err(e) => {
+                eprintln!("sapl-edge: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+
     for listener in &config.listeners {
         let edge = EdgeProxy {
             live: live.clone(),
             proto: listener.proto.clone(),
             gzip_level: config.gzip.level,
+            painel: painel.clone(),
         };
         let mut service = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -71,6 +71,8 @@ pub struct EdgeProxy {
     pub proto: String,
     /// The gzip level the compression module starts with (per request it is adjusted).
     pub gzip_level: u32,
+    /// The panel's WebSockets and poll results, when `[painel]` is configured.
+    pub painel: Option<Arc<crate::painel::Painel>>,
 }
 
 /// What the hooks of one request share.
@@ -94,6 +96,22 @@ pub struct RequestCtx {
 impl EdgeProxy {
     fn route_name(ctx: &RequestCtx) -> &str {
         ctx.route.as_ref().map_or("none", |r| r.name.as_str())
+    }
+
+    /// The shared poll-to-push result for a `painel_dados` route, when the viewer may see it.
+    async fn painel_dados(&self, session: &Session, route: &Route, path: &str) -> Option<String> {
+        let painel = self.painel.as_ref()?;
+        let sessao_id = crate::painel::sessao_id(route, path)?;
+        let header = |name| {
+            session
+                .req_header()
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let (host, cookie) = (header(http::header::HOST), header(http::header::COOKIE));
+        crate::painel::poll::answer_dados(painel, sessao_id, host, cookie).await
     }
 }
 
@@ -201,7 +219,35 @@ impl ProxyHttp for EdgeProxy {
                 ctx.local_status = Some(status.as_u16());
                 Ok(true)
             }
-            Action::Upstream => {
+            Action::WebSocket => {
+                if !session.is_upgrade_req() {
+                    return refuse(session, ctx, StatusCode::BAD_REQUEST, "not a websocket").await;
+                }
+                // The socket service pings every client, so a socket idle for longer than
+                // this is dead; the 60 s default would cut quiet panels.
+                if let Some(painel) = &runtime.config.painel {
+                    session.set_read_timeout(Some(crate::painel::idle_timeout(painel)));
+                }
+                Ok(false)
+            }
+            Action::PainelDados
+                if self.painel.is_some() && session.req_header().method == http::Method::GET =>
+            {
+                if let Some(json) = self.painel_dados(session, &route, &path).await {
+                    let mut resp = ResponseHeader::build(StatusCode::OK, Some(4))?;
+                    resp.insert_header("Content-Type", "application/json")?;
+                    resp.insert_header("Content-Length", json.len().to_string())?;
+                    resp.insert_header("X-Request-ID", &ctx.request_id)?;
+                    session.write_response_header(Box::new(resp), false).await?;
+                    session
+                        .write_response_body(Some(Bytes::from(json)), true)
+                        .await?;
+                    ctx.local_status = Some(200);
+                    return Ok(true);
+                }
+                Ok(false)
+            }
+            Action::Upstream | Action::PainelDados => {
                 if body::should_buffer(session) {
                     let status =
                         body::buffered_exchange(session, &runtime, &route, self, ctx).await?;
@@ -438,6 +484,9 @@ async fn refuse(
 
 /// The peer for Gunicorn, with the route's timeouts over the upstream's.
 pub fn upstream_peer(config: &Config, route: Option<&Route>) -> Result<Box<HttpPeer>> {
+    if let (Some(painel), Some(Action::WebSocket)) = (&config.painel, route.map(|r| &r.action)) {
+        return crate::painel::socket_peer(painel);
+    }
     let upstream = &config.upstream;
     let mut peer = match &upstream.address {
         UpstreamAddress::Unix(path) => {
