@@ -20,11 +20,22 @@ import uuid
 from rawhttp import wait_for_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_SAPL = os.environ.get("SAPL_SHARED_DIR") or os.path.join(
-    os.path.dirname(REPO), "shared", "sapl"
-)
+
+
+def _shared_sapl():
+    # CI lays shared/ beside the clone; a developer's checkout may sit elsewhere.
+    if os.environ.get("SAPL_SHARED_DIR"):
+        return os.environ["SAPL_SHARED_DIR"]
+    for candidate in (os.path.join(os.path.dirname(REPO), "shared", "sapl"), "/work/shared/sapl"):
+        if os.path.isdir(candidate):
+            return candidate
+    return os.path.join(os.path.dirname(REPO), "shared", "sapl")
+
+
+SHARED_SAPL = _shared_sapl()
 DJANGO_APP = os.path.join(REPO, "testbed", "django_app")
-DJANGO_VENV = os.path.join(REPO, ".venv-django")
+# SAPL_DJANGO_VENV runs the suite against another Django peer (e.g. the 4.2 fallback).
+DJANGO_VENV = os.environ.get("SAPL_DJANGO_VENV") or os.path.join(REPO, ".venv-django")
 NGINX_TEMPLATES = os.path.join(REPO, "testbed", "nginx")
 
 PG_HOST = os.environ.get("SAPL_DB_HOST", "127.0.0.1")
