@@ -273,6 +273,10 @@ class Gunicorn:
         with open(self.hits_file) as f:
             return [json.loads(line) for line in f if line.strip()]
 
+    def pdf_hits(self):
+        """How many legacy PDF report requests (/relatorios/...) reached Django."""
+        return sum(1 for hit in self.hits() if hit["path"].startswith("/relatorios/"))
+
 
 # --------------------------------------------------------------------------------------
 # nginx with SAPL's mainline config

@@ -199,6 +199,8 @@ def test_pages_outside_the_api_carry_no_cors_headers(proxy):
     ],
 )
 def test_legacy_report_links_answer_a_pdf(proxy, target):
+    # Today both proxies hand these to Django; when the edge renders PDFs itself (a `pdf`
+    # route), gunicorn.pdf_hits() is how a test proves Django was not asked.
     response = rawhttp.fetch(proxy, "GET", target)
     assert response.status == 200
     assert response.get("Content-Type") == "application/pdf"

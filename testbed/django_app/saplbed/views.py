@@ -373,4 +373,10 @@ def set_cookies(request):
 
 
 def hits(request):
-    return JsonResponse({"hits": hits_log.read_all()})
+    """Every request Django received, and how many were legacy PDF reports: with the edge
+    rendering PDFs itself, `relatorios` stays 0."""
+    recorded = hits_log.read_all()
+    relatorios = sum(1 for hit in recorded if hit["path"].startswith("/relatorios/"))
+    return JsonResponse(
+        {"hits": recorded, "counts": {"total": len(recorded), "relatorios": relatorios}}
+    )
