@@ -55,6 +55,8 @@ pub struct Config {
     pub protection: Protection,
     /// The voting panel's WebSockets; needed by `websocket` and `painel_dados` routes.
     pub painel: Option<Painel>,
+    /// PDF jobs on Redis B (`[jobs]`); needed by `pdf` routes.
+    pub jobs: Option<crate::jobs::settings::JobsSettings>,
 }
 
 /// Process settings handed to Pingora.
@@ -205,6 +207,10 @@ pub enum Action {
     /// `GET /painel/<sessao_id>/dados`: answered from the shared poll result when `[painel]`
     /// polls, forwarded to Gunicorn otherwise.
     PainelDados,
+    /// A PDF report front door (issue 3): the job API, its status URL or a legacy
+    /// `/relatorios/...` link; the route's regex captures `kind`, `id`, `numero`/`ano` or
+    /// `task_id`.
+    Pdf(crate::jobs::settings::PdfRoute),
 }
 
 /// The voting panel's WebSockets (`[painel]`): where the edge terminates them, how it
@@ -404,6 +410,7 @@ struct RawConfig {
     routes: Spanned<Vec<RawRoute>>,
     protection: Option<RawProtection>,
     painel: Option<RawPainel>,
+    jobs: Option<RawJobs>,
 }
 
 #[derive(Deserialize)]
@@ -598,6 +605,10 @@ struct RawRoute {
     cors: bool,
     cache_control: Option<String>,
     zone: Option<Spanned<String>>,
+    /// `pdf` routes: the report kind, when the path does not capture it.
+    kind: Option<Spanned<String>>,
+    /// `pdf` routes: `api`, `status` or `legacy`.
+    mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -898,6 +909,17 @@ impl RawConfig {
             }
         }
 
+        let jobs = self.jobs.as_ref().map(|j| j.validate(here)).transpose()?;
+        for (route, raw) in routes.iter().zip(self.routes.get_ref()) {
+            if matches!(route.action, Action::Pdf(_)) && jobs.is_none() {
+                return Err(here.invalid(
+                    raw.action.span(),
+                    "route.action",
+                    format!("route `{}` needs a `[jobs]` section", route.name),
+                ));
+            }
+        }
+
         let server = Server {
             threads: self.server.threads.max(1),
             pid_file: self.server.pid_file,
@@ -943,6 +965,7 @@ impl RawConfig {
             routes,
             painel,
             protection,
+            jobs,
         })
     }
 }
@@ -1079,12 +1102,13 @@ impl RawRoute {
                     Action::PainelDados
                 }
             }
+            "pdf" => Action::Pdf(self.pdf_route(&matcher, here)?),
             other => {
                 return Err(here.invalid(
                     self.action.span(),
                     "route.action",
                     format!(
-                        "unknown action `{other}`; known: upstream, files, websocket, painel_dados"
+                        "unknown action `{other}`; known: upstream, files, websocket, painel_dados, pdf"
                     ),
                 ))
             }
@@ -1428,6 +1452,147 @@ fn validate_protection(
         blocklist,
         default_zone,
     })
+}
+
+impl RawRoute {
+    /// A `pdf` route: `mode`, the `kind` (fixed, or captured by the regex), and captures
+    /// that suit the mode.
+    fn pdf_route(
+        &self,
+        matcher: &Matcher,
+        here: &Source,
+    ) -> Result<crate::jobs::settings::PdfRoute, ConfigError> {
+        use crate::jobs::settings::{parse_kind, PdfMode, PdfRoute};
+        let name = self.name.get_ref();
+        let Matcher::Regex(re) = matcher else {
+            return Err(here.invalid(
+                self.action.span(),
+                "route.regex",
+                format!("route `{name}` is a `pdf` route and is matched by `regex` with captures"),
+            ));
+        };
+        let has = |capture: &str| re.capture_names().flatten().any(|n| n == capture);
+        let mode = match self.mode.as_ref().map(|m| m.get_ref().as_str()) {
+            Some("api") => PdfMode::Api,
+            Some("status") => PdfMode::Status,
+            Some("legacy") => PdfMode::Legacy,
+            _ => {
+                let span = self.mode.as_ref().map_or(self.action.span(), |m| m.span());
+                return Err(here.invalid(
+                    span,
+                    "route.mode",
+                    format!("route `{name}` needs mode = \"api\", \"status\" or \"legacy\""),
+                ));
+            }
+        };
+        let kind = match &self.kind {
+            Some(k) => Some(parse_kind(k.get_ref()).ok_or_else(|| {
+                here.invalid(
+                    k.span(),
+                    "route.kind",
+                    format!(
+                        "unknown report kind `{}`; known: materia-tramitacao, etiqueta-materia, \
+                         etiqueta-protocolo, sessao-plenaria",
+                        k.get_ref()
+                    ),
+                )
+            })?),
+            None => None,
+        };
+        let captures_ok = match mode {
+            PdfMode::Status => has("task_id"),
+            PdfMode::Api => (kind.is_some() || has("kind")) && (has("id") || has("numero")),
+            PdfMode::Legacy => kind.is_some() && (has("id") || (has("numero") && has("ano"))),
+        };
+        if !captures_ok {
+            let needs = match mode {
+                PdfMode::Status => "a `(?P<task_id>...)` capture",
+                PdfMode::Api => "`kind` (or a `kind` capture) and an `id` capture",
+                PdfMode::Legacy => "`kind` and an `id` (or `numero` and `ano`) capture",
+            };
+            return Err(here.invalid(
+                self.regex.as_ref().map_or(self.action.span(), |r| r.span()),
+                "route.regex",
+                format!("route `{name}` needs {needs}"),
+            ));
+        }
+        Ok(PdfRoute { mode, kind })
+    }
+}
+
+/// `[jobs]`: Redis B, the tenant, the PDF directory and the limits of PDF jobs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    broker_url: Option<String>,
+    result_backend: Option<String>,
+    database_url: Option<String>,
+    tenant: Option<Spanned<String>>,
+    queue: Option<String>,
+    task_name: Option<String>,
+    wait_budget: Option<Spanned<String>>,
+    max_queue_depth: Option<u64>,
+    new_jobs_per_ip: Option<u32>,
+    ttl: Option<Spanned<String>>,
+    pdf_dir: Spanned<PathBuf>,
+    pdf_url: Option<Spanned<String>>,
+    fingerprint_cache: Option<Spanned<String>>,
+}
+
+impl RawJobs {
+    fn validate(&self, here: &Source) -> Result<crate::jobs::settings::JobsSettings, ConfigError> {
+        // Unset keys fall back to the variables ops already set for Celery in the plan.
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let tenant = match &self.tenant {
+            Some(t) => {
+                sapl_jobs::Tenant::new(t.get_ref(), "q")
+                    .map_err(|e| here.invalid(t.span(), "jobs.tenant", e.to_string()))?;
+                Some(t.get_ref().clone())
+            }
+            None => sapl_jobs::keys::tenant_from_env(),
+        };
+        let pdf_url = match &self.pdf_url {
+            Some(u) if u.get_ref().starts_with('/') && u.get_ref().ends_with('/') => {
+                u.get_ref().clone()
+            }
+            Some(u) => {
+                return Err(here.invalid(u.span(), "jobs.pdf_url", "must start and end with `/`"))
+            }
+            None => "/media/pdf/".into(),
+        };
+        let d = |v: &Option<Spanned<String>>, key: &str, default: Duration| {
+            Ok::<_, ConfigError>(opt_duration(v, key, here)?.unwrap_or(default))
+        };
+        Ok(crate::jobs::settings::JobsSettings {
+            broker_url: self.broker_url.clone().or_else(|| env("CELERY_BROKER_URL")),
+            result_backend: self
+                .result_backend
+                .clone()
+                .or_else(|| env("CELERY_RESULT_BACKEND")),
+            database_url: self.database_url.clone().or_else(|| env("DATABASE_URL")),
+            tenant,
+            queue: self.queue.clone().unwrap_or_else(|| "sapl-pdf".into()),
+            task_name: self
+                .task_name
+                .clone()
+                .unwrap_or_else(|| sapl_jobs::message::DEFAULT_TASK_NAME.into()),
+            wait_budget: d(
+                &self.wait_budget,
+                "jobs.wait_budget",
+                Duration::from_secs(10),
+            )?,
+            max_queue_depth: self.max_queue_depth.unwrap_or(500),
+            new_jobs_per_ip: self.new_jobs_per_ip.unwrap_or(30),
+            ttl: d(&self.ttl, "jobs.ttl", Duration::from_secs(24 * 3600))?,
+            pdf_dir: self.pdf_dir.get_ref().clone(),
+            pdf_url,
+            fingerprint_cache: d(
+                &self.fingerprint_cache,
+                "jobs.fingerprint_cache",
+                Duration::from_secs(2),
+            )?,
+        })
+    }
 }
 
 #[cfg(test)]

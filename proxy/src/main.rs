@@ -9,6 +9,7 @@ mod body;
 mod config;
 mod files;
 mod forwarding;
+mod jobs;
 mod metrics;
 mod painel;
 mod protection;
@@ -172,6 +173,8 @@ fn run(cli: Cli, config: Config) -> ExitCode {
         "blocklist",
         protection::BlocklistRefresher { live: live.clone() },
     ));
+
+    jobs::start(&config, &mut server);
 
     server.add_service(background_service(
         "reload",

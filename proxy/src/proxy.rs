@@ -247,6 +247,7 @@ impl ProxyHttp for EdgeProxy {
                 }
                 Ok(false)
             }
+            Action::Pdf(pdf) => crate::jobs::handle(session, ctx, &route, pdf, &path).await,
             Action::Upstream | Action::PainelDados => {
                 if body::should_buffer(session) {
                     let status =
@@ -580,6 +581,11 @@ pub async fn write_error_answer(
 impl RequestCtx {
     pub fn request_id(&self) -> &str {
         &self.request_id
+    }
+
+    /// Records the status of an answer the edge wrote itself, for the access log.
+    pub fn set_local_status(&mut self, status: u16) {
+        self.local_status = Some(status);
     }
 
     /// The real client address; unspecified when the peer has no IP address (unix socket).

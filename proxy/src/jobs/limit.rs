@@ -1,0 +1,70 @@
+//! The per-client limit on *new* jobs: joining or reusing a job is free, creating one
+//! costs a render, so only creations count. A fixed one-minute window per address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Counts new jobs per client address.
+pub struct NewJobLimit {
+    per_window: u32,
+    seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl NewJobLimit {
+    /// `per_minute` new jobs per address; 0 means unlimited.
+    pub fn new(per_minute: u32) -> NewJobLimit {
+        NewJobLimit {
+            per_window: per_minute,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` may create a job now (nothing is counted yet).
+    pub fn allows(&self, ip: Option<IpAddr>) -> bool {
+        let (Some(ip), true) = (ip, self.per_window > 0) else {
+            return true;
+        };
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get(&ip) {
+            Some((start, n)) if start.elapsed() < WINDOW => *n < self.per_window,
+            _ => true,
+        }
+    }
+
+    /// Counts one job created by `ip`.
+    pub fn record(&self, ip: Option<IpAddr>) {
+        let (Some(ip), true) = (ip, self.per_window > 0) else {
+            return;
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 50_000 {
+            seen.retain(|_, (start, _)| start.elapsed() < WINDOW);
+        }
+        let entry = seen.entry(ip).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn third_job_in_a_minute_is_refused_at_two() {
+        let limit = NewJobLimit::new(2);
+        let ip = Some("10.0.0.1".parse().unwrap());
+        assert!(limit.allows(ip));
+        limit.record(ip);
+        limit.record(ip);
+        assert!(!limit.allows(ip));
+        assert!(limit.allows(Some("10.0.0.2".parse().unwrap())));
+        assert!(NewJobLimit::new(0).allows(ip));
+    }
+}
