@@ -150,7 +150,7 @@ impl Gzip {
             .unwrap_or_default()
             .trim()
             .to_ascii_lowercase();
-        self.level > 0 && self.types.iter().any(|t| *t == media_type)
+        self.level > 0 && self.types.contains(&media_type)
     }
 }
 
