@@ -55,7 +55,7 @@ ensure_postgres() {
 
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
-step "cargo test" cargo test --workspace
+step "cargo test" cargo test --workspace --no-fail-fast
 step "cargo build" cargo build -p sapl-edge
 
 export SAPL_EDGE_BIN="${SAPL_EDGE_BIN:-$CARGO_TARGET_DIR/debug/sapl-edge}"
