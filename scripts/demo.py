@@ -44,6 +44,8 @@ RUN = os.path.abspath(os.environ.get("DEMO_RUN_DIR") or os.path.join(REPO, ".run
 # that was killed outright is cleaned up by the next one.
 PROCESSES = os.path.join(RUN, "demo-processes.txt")
 OWNER = os.path.join(RUN, "demo.pid")
+# Where the private cluster goes when the postgres user cannot reach RUN (see pg_base).
+PG_FALLBACK = "/tmp/sapl-edge-demo-pg-" + hashlib.sha1(RUN.encode()).hexdigest()[:10]
 
 TENANT = "cm-demo"  # POD_NAMESPACE of the demo chamber: keys, queue and channels prefix
 SECRET_KEY = "demo-secret-key-only-for-this-machine"  # Django's and the edge's
@@ -121,14 +123,30 @@ def clear_leftovers():
         except ProcessLookupError:
             pass
 
-    data = os.path.join(RUN, "pg", "data")
-    if os.path.exists(os.path.join(data, "postmaster.pid")):
-        say("   stopping the PostgreSQL cluster left running in %s" % data)
-        try:
-            PrivatePostgres(os.path.join(RUN, "pg"), 0).stop(mode="immediate")
-        except SystemExit:
-            pass
+    for base in (os.path.join(RUN, "pg"), PG_FALLBACK):
+        data = os.path.join(base, "data")
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            say("   stopping the PostgreSQL cluster left running in %s" % data)
+            try:
+                PrivatePostgres(base, 0).stop(mode="immediate")
+            except SystemExit:
+                pass
     shutil.rmtree(RUN, ignore_errors=True)
+    shutil.rmtree(PG_FALLBACK, ignore_errors=True)
+
+
+def pg_base():
+    """RUN/pg, or PG_FALLBACK when the cluster runs as `postgres` (we are root) and that
+    user cannot reach RUN (a checkout under /root)."""
+    base = os.path.join(RUN, "pg")
+    if os.geteuid() != 0:
+        return base
+    path = RUN
+    while path != "/":
+        if os.stat(path).st_mode & 0o001 == 0:
+            return PG_FALLBACK
+        path = os.path.dirname(path)
+    return base
 
 
 def _zombie(pid):
@@ -194,14 +212,6 @@ class PrivatePostgres:
     def start(self):
         os.makedirs(self.sockdir, exist_ok=True)
         if self.as_postgres:
-            # The postgres user must reach its directory through RUN's parents.
-            path = self.base
-            while path != "/":
-                if os.stat(path).st_mode & 0o001 == 0:
-                    raise SystemExit(
-                        "%s is not searchable by the postgres user: set DEMO_RUN_DIR to a "
-                        "folder it can reach, or DATABASE_URL" % path)
-                path = os.path.dirname(path)
             shutil.chown(self.base, "postgres", "postgres")
             shutil.chown(self.sockdir, "postgres", "postgres")
         self._run([os.path.join(self.bindir, "initdb"), "-D", self.data, "-U", "postgres",
@@ -512,7 +522,7 @@ def bring_up_and_show(servers, started):
                       urllib.parse.unquote(parsed.password or ""), external=True)
         say("   using DATABASE_URL's server %s:%s" % (db.host, db.port))
     else:
-        pg = PrivatePostgres(os.path.join(RUN, "pg"), servers.free_port())
+        pg = PrivatePostgres(pg_base(), servers.free_port())
         started.append(pg)
         pg.start()
         say("   private cluster on 127.0.0.1:%d (data in %s)" % (pg.port, pg.data))
@@ -568,7 +578,7 @@ def bring_up_and_show(servers, started):
     say("   PDFs             %s" % out)
     say("   logs             %s" % "\n                    ".join(
         p for p in (ed.log, worker.log, gu.log, ra.log, rb.log,
-                    os.path.join(RUN, "pg", "postgres.log"))
+                    os.path.join(pg_base(), "postgres.log"))
         if os.path.exists(p)))
     say("   try the API:     curl -i -X POST %s/pdf/materia-tramitacao/1" % base)
     all_ok = all(results.values())
@@ -643,10 +653,11 @@ def flow_legacy(base, db, gunicorn_socket, out):
         started = time.monotonic()
         r = requests.get(base + path, timeout=120)
         kind = r.headers.get("Content-Type", "")
-        # Past jobs.wait_budget the link answers a wait page; asking again finds the PDF.
-        while r.status_code == 200 and not kind.startswith("application/pdf") \
-                and time.monotonic() - started < 120:
-            say("   GET %s -> %d %s (wait page); asking again" % (path, r.status_code, kind))
+        # Past jobs.wait_budget the link answers the wait page (202); asking again waits
+        # for the same job, and finds the PDF once it is done.
+        while r.status_code == 202 and time.monotonic() - started < 180:
+            say("   GET %s -> 202 %s (the wait page: still rendering); asking again"
+                % (path, kind))
             time.sleep(1)
             r = requests.get(base + path, timeout=120)
             kind = r.headers.get("Content-Type", "")
