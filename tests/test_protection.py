@@ -51,9 +51,12 @@ def launch(workdir, gunicorn, roots):
     started = []
 
     def edge(protection, trusted_hops=(), routes_extra=None):
+        """`trusted_hops=None` leaves `[forwarding]` out: the edge's defaults apply."""
         listen, metrics = servers.free_port(), servers.free_port()
         config = servers.edge_config(
-            listen, metrics, gunicorn.socket, roots, trusted_hops=trusted_hops)
+            listen, metrics, gunicorn.socket, roots, trusted_hops=trusted_hops or ())
+        if trusted_hops is None:
+            del config["forwarding"]
         if routes_extra:
             config["route"] = routes_extra + config["route"]
         server = servers.Edge(workdir, _name("edge-prot"), config, listen, metrics)
@@ -70,8 +73,9 @@ def launch(workdir, gunicorn, roots):
         http_rules = "limit_req_zone $binary_remote_addr zone=general:1m rate=%s;\n" % rate
         http_rules += "limit_req_status 429;\n"
         if trusted:
-            http_rules += ("set_real_ip_from 127.0.0.1;\nreal_ip_header X-Forwarded-For;\n"
-                           "real_ip_recursive on;\n")
+            networks = ["127.0.0.1"] if trusted is True else trusted
+            http_rules += "".join("set_real_ip_from %s;\n" % n for n in networks)
+            http_rules += "real_ip_header X-Forwarded-For;\nreal_ip_recursive on;\n"
         with open(os.path.join(server.workdir, "limits-http.conf"), "w") as f:
             f.write(http_rules)
         with open(os.path.join(server.workdir, "limits-location.conf"), "w") as f:
@@ -160,6 +164,63 @@ def test_clients_behind_a_trusted_hop_are_limited_one_by_one(launch):
         assert got == expected, server.kind
 
 
+PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.1"]
+
+
+def access_lines(edge):
+    """The edge's access-log lines so far (stdout and stderr share the log file)."""
+    with open(edge.process.log_path, errors="replace") as f:
+        return [line for line in f if " uri=" in line and " status=" in line]
+
+
+def test_default_trusted_networks_are_walked_right_to_left_like_nginx(launch):
+    # No [forwarding] section: the edge trusts 10/8, 172.16/12, 192.168/16 and 127.0.0.1,
+    # the list nginx's set_real_ip_from carries here. The client is the rightmost entry
+    # that is not one of those hops; anything left of it is only a claim.
+    sequence = [
+        ("6.6.6.1, 198.51.100.7, 10.0.0.9, 192.168.1.2", 200),
+        ("6.6.6.2, 198.51.100.7, 172.16.5.5", 429),     # same client, other hops, forged left
+        ("198.51.100.8", 200),
+        ("198.51.100.7, 10.9.9.9", 429),
+        ("6.6.6.3, 198.51.100.8, 127.0.0.1", 429),
+        ("172.32.0.1, 10.0.0.1", 200),                  # 172.32/16 is outside 172.16/12
+        ("172.32.0.1, 172.31.255.255", 429),
+        (None, 200),                                    # no header: the peer is the client
+        (None, 429),
+    ]
+    expected = [status for _, status in sequence]
+    protection = "[protection]\n" + zone_toml("1r/m", 0, True)
+    servers_ = [launch.nginx("1r/m", 0, True, trusted=PRIVATE_NETWORKS),
+                launch.edge(protection, trusted_hops=None)]
+    for server in servers_:
+        got = []
+        for forwarded_for, _ in sequence:
+            headers = [("X-Forwarded-For", forwarded_for)] if forwarded_for else []
+            got.append(rawhttp.fetch(server, "GET", "/tiny/", headers=headers).status)
+        assert got == expected, server.kind
+
+    # The access log names the real client, and the hop it came through.
+    edge = servers_[1]
+    assert wait_until(lambda: len(access_lines(edge)) == len(sequence), 5)
+    first = access_lines(edge)[0]
+    assert "client=198.51.100.7" in first, first
+    assert "peer=127.0.0.1" in first, first
+
+
+def test_route_zones_are_counted_apart(launch):
+    # The default zones: /relatorios/ in `heavy` (10r/m burst 20 nodelay), the rest in
+    # `general`. Exhausting heavy leaves the rest of the site alone.
+    heavy_route = {"name": "relatorios", "prefix": "/relatorios/", "action": "upstream",
+                   "zone": "heavy"}
+    edge = launch.edge("[protection]\n", routes_extra=[heavy_route])
+    got = statuses(edge, 22, path="/relatorios/1/etiqueta-materia-legislativa")
+    assert 429 not in got[:21], got
+    assert got[21] == 429
+    assert rawhttp.fetch(edge, "GET", "/tiny/").status == 200
+    assert metric(edge, "sapl_edge_protection_refusals_total", rule="zone", zone="heavy") == 1
+    assert metric(edge, "sapl_edge_protection_refusals_total", zone="general") == 0
+
+
 @pytest.mark.parametrize("rate,burst,count,passed", [
     ("1r/m", 0, 4, 1),
     ("1r/m", 3, 7, 4),
@@ -207,6 +268,19 @@ def test_seven_simultaneous_requests_without_nodelay_are_paced_then_refused(laun
         assert sorted(order[:2]) == [200, 429], (server.kind, done)
         assert order[2:] == [200] * 5, (server.kind, done)
         assert done[-1][0] >= 3.0, (server.kind, done)
+        if server.kind == "edge":
+            assert metric(server, "sapl_edge_protection_delayed_total", zone="general") == 5
+
+
+def test_seven_simultaneous_requests_with_nodelay_six_pass_the_seventh_is_refused(launch):
+    # The same seven with nodelay: six forwarded at once (none held back), one refused.
+    for server in both(launch, "1r/s", 5, nodelay=True):
+        done = simultaneous(server, 7)
+        assert sorted(status for _, status in done) == [200] * 6 + [429], (server.kind, done)
+        if server.kind == "edge":
+            assert metric(server, "sapl_edge_protection_delayed_total") == 0
+            assert metric(server, "sapl_edge_protection_refusals_total",
+                          rule="zone", zone="general") == 1
 
 
 def test_exempt_live_vote_paths_are_never_limited(launch):
@@ -228,6 +302,28 @@ def test_a_zone_refusal_says_when_to_retry_and_is_counted(launch):
     assert refused.get("Retry-After") == "63"
     assert json.loads(refused.body) == {"detail": "Too Many Requests"}
     assert metric(edge, "sapl_edge_protection_refusals_total", rule="zone", zone="general") == 1
+
+
+@pytest.mark.edge_only
+def test_each_refusal_is_logged_once_with_its_reason(launch, tmp_path):
+    agents = tmp_path / "bots-ua.txt"
+    agents.write_text("GPTBot\n")
+    edge = launch.edge("[protection]\nuser_agents_file = \"%s\"\n" % agents
+                       + zone_toml("1r/m", 0, True))
+    assert rawhttp.fetch(edge, "GET", "/tiny/").status == 200
+    assert rawhttp.fetch(edge, "GET", "/tiny/").status == 429
+    assert rawhttp.fetch(edge, "GET", "/tiny/", headers=[("User-Agent", "GPTBot/1.2")]).status == 429
+    with pytest.raises(rawhttp.ConnectionClosed):
+        rawhttp.fetch(edge, "GET", "/wp-login.php")
+
+    assert wait_until(lambda: len(access_lines(edge)) == 4, 5), access_lines(edge)
+    lines = access_lines(edge)
+    reasons = [re.search(r'refusal="?(\w+)', line) for line in lines]
+    assert [r.group(1) if r else None for r in reasons] == [None, "zone", "user_agent", "probe"]
+    assert "status=444" in lines[3]
+    # Nothing else in the log speaks of those requests a second time.
+    with open(edge.process.log_path, errors="replace") as f:
+        assert sum("wp-login" in line for line in f) == 1
 
 
 @pytest.mark.edge_only
@@ -378,6 +474,22 @@ def test_steady_state_costs_one_redis_lookup_per_client_per_cache_ttl(launch, re
         assert get_as(edge, "198.51.100.30").status == 200
     assert metric(edge, "sapl_edge_protection_blocklist_lookups_total", source="redis") == 1
     assert metric(edge, "sapl_edge_protection_blocklist_lookups_total", source="cache") == 19
+
+
+def test_redis_over_its_200ms_budget_fails_open_and_is_counted(launch, workdir):
+    redis = servers.Redis(workdir, name=_name("redis-slow")).start()
+    try:
+        edge = blocklist_edge(launch, redis)
+        # Redis holds every command for 3 s: far past the lookup budget.
+        redis_cli(redis, "CLIENT", "PAUSE", "3000", "ALL")
+        assert get_as(edge, "198.51.100.60").status == 200
+        assert metric(edge, "sapl_edge_protection_blocklist_fail_open_total", cause="timeout") == 1
+
+        # Once Redis answers again, blocks take effect again.
+        redis_cli(redis, "SET", "rl:ip:198.51.100.61:blocked", "1")
+        assert wait_until(lambda: get_as(edge, "198.51.100.61").status == 429, 10)
+    finally:
+        redis.stop()
 
 
 def test_redis_down_fails_open_and_is_counted(launch, workdir):

@@ -468,9 +468,19 @@ struct RawUpstream {
     error_page: Option<PathBuf>,
 }
 
+/// Peers believed about `X-Forwarded-For` and `X-Forwarded-Proto` when `[forwarding]`
+/// does not say.
+const DEFAULT_TRUSTED_HOPS: [&str; 4] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.1/32",
+];
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawForwarding {
+    #[serde(default = "default_trusted_hops")]
     trusted_hops: Vec<Spanned<String>>,
     #[serde(default = "default_true")]
     real_ip: bool,
@@ -478,12 +488,20 @@ struct RawForwarding {
 
 impl Default for RawForwarding {
     fn default() -> Self {
-        // Loopback only: a pod's edge is the first hop, so nothing else is trusted by default.
+        // The rate-limiter generation's `set_real_ip_from` list: the cluster's private
+        // networks (ingress controller, load balancer) and loopback.
         RawForwarding {
-            trusted_hops: vec![Spanned::new(0..0, "127.0.0.1/32".to_string())],
+            trusted_hops: default_trusted_hops(),
             real_ip: true,
         }
     }
+}
+
+fn default_trusted_hops() -> Vec<Spanned<String>> {
+    DEFAULT_TRUSTED_HOPS
+        .iter()
+        .map(|net| Spanned::new(0..0, net.to_string()))
+        .collect()
 }
 
 #[derive(Deserialize, Default)]
@@ -1636,8 +1654,15 @@ action = "upstream"
         assert_eq!(config.routes.len(), 2);
         assert!(config.gzip.compresses("text/html; charset=utf-8"));
         assert!(!config.gzip.compresses("application/json"));
-        assert!(config.forwarding.is_trusted("127.0.0.1".parse().unwrap()));
-        assert!(!config.forwarding.is_trusted("10.1.2.3".parse().unwrap()));
+        for hop in ["127.0.0.1", "10.1.2.3", "172.31.0.9", "192.168.7.7"] {
+            assert!(config.forwarding.is_trusted(hop.parse().unwrap()), "{hop}");
+        }
+        for outside in ["127.0.0.2", "172.32.0.1", "203.0.113.7", "::1"] {
+            assert!(
+                !config.forwarding.is_trusted(outside.parse().unwrap()),
+                "{outside}"
+            );
+        }
     }
 
     #[test]

@@ -261,12 +261,14 @@ impl Blocklist {
                 [None, Some(_)] => Some(Block::Api),
                 _ => None,
             }),
-            Ok(Err(e)) => {
+            // The connection's own response timeout equals the budget and usually fires
+            // first: that is a timeout too, not a Redis error.
+            Ok(Err(e)) if !e.is_timeout() => {
                 self.back_off();
                 debug!(error = %e, "blocklist lookup failed; request passes");
                 Err("error")
             }
-            Err(_) => {
+            _ => {
                 self.back_off();
                 debug!(
                     timeout_ms = self.spec.lookup_timeout.as_millis() as u64,

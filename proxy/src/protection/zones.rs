@@ -233,6 +233,8 @@ impl Zone {
     }
 }
 
+// Limitation: zone counts live in this process; N edge replicas let a client through at N
+// times the rate.
 /// The zones of one configuration generation, by name.
 pub struct ZoneSet {
     zones: HashMap<String, Arc<Zone>>,
