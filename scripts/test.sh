@@ -56,9 +56,11 @@ ensure_postgres() {
 step "cargo fmt" cargo fmt --all --check
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test" cargo test --workspace --no-fail-fast
-step "cargo build" cargo build -p sapl-edge
+step "cargo build" cargo build -p sapl-edge -p sapl-renderer
 
 export SAPL_EDGE_BIN="${SAPL_EDGE_BIN:-$CARGO_TARGET_DIR/debug/sapl-edge}"
+# The PDF-job suite and the demo test run the renderer's worker.
+export SAPL_RENDERER_BIN="${SAPL_RENDERER_BIN:-$CARGO_TARGET_DIR/debug/sapl-renderer}"
 step "postgresql" ensure_postgres
 step "integration tests" .venv-test/bin/python -m pytest tests "$@"
 

@@ -19,6 +19,11 @@ import servers
 DEMO = os.path.join(servers.REPO, "scripts", "demo.py")
 
 
+def renderer_binary():
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(servers.REPO, "target")
+    return os.environ.get("SAPL_RENDERER_BIN") or os.path.join(target, "debug", "sapl-renderer")
+
+
 def pdf_pages(path):
     info = subprocess.run(["pdfinfo", path], capture_output=True, text=True, check=True)
     return int(next(line.split()[1] for line in info.stdout.splitlines()
@@ -51,6 +56,10 @@ def database_exists(name):
 def test_demo_shows_the_three_flows_and_stops_everything(tmp_path):
     if not servers.pg_ready():
         pytest.fail("PostgreSQL is not answering on %s:%s" % (servers.PG_HOST, servers.PG_PORT))
+    for name, binary in (("sapl-edge", servers.edge_binary()),
+                         ("sapl-renderer", renderer_binary())):
+        assert os.path.exists(binary), "%s not built at %s: cargo build -p %s" % (
+            name, binary, name)
     run = str(tmp_path / "demo")
     env = dict(os.environ)
     env.update(
@@ -60,6 +69,7 @@ def test_demo_shows_the_three_flows_and_stops_everything(tmp_path):
         DATABASE_URL="postgresql://%s@%s:%s/postgres"
         % (servers.PG_USER, servers.PG_HOST, servers.PG_PORT),
         SAPL_EDGE_BIN=servers.edge_binary(),
+        SAPL_RENDERER_BIN=renderer_binary(),
     )
     done = subprocess.run([sys.executable, DEMO], env=env, capture_output=True, text=True,
                           timeout=400)
