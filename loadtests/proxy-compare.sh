@@ -19,11 +19,21 @@
 # processes (master and workers, from /proc/<pid>/stat) over the run, divided by the
 # requests wrk completed. Prints a markdown table (and writes it to --out).
 #
+# With --protection it measures instead what ingress protection costs: sapl-edge without
+# and with a [protection] section, same upstreams, alternating for --rounds rounds. The
+# protected edge runs every check on every request: real client IP from X-Forwarded-For
+# (the peer is a trusted hop), the scanner-probe test, a User-Agent rules file, a networks
+# file, the Redis blocklist (a private redis-server; prefix set loaded, per-client answer
+# cached) and the `general` zone, set so high that it never refuses. Both edges get the
+# same X-Forwarded-For and browser User-Agent.
+#
 # Usage:
 #   loadtests/proxy-compare.sh                     # 30 s per line (the recorded run)
 #   loadtests/proxy-compare.sh --duration 3s       # a quick check that it all works
+#   loadtests/proxy-compare.sh --protection --rounds 3 --duration 20s
 #   options: --duration D  --connections N  --wrk-threads N  --edge-threads N
 #            --no-build (use the existing release binary)  --out FILE
+#            --protection  --rounds N (protection mode: off/on pairs, default 3)
 #
 # Everything runs on 127.0.0.1 and unix sockets in a temporary directory; all processes
 # it starts are stopped on exit. Needs scripts/setup.sh to have run (venvs, nginx, wrk).
@@ -38,15 +48,19 @@ WRK_THREADS=2
 EDGE_THREADS="$(nproc)"
 BUILD=1
 OUT=""
+PROTECTION=0
+ROUNDS=3
 while [ $# -gt 0 ]; do
     case "$1" in
+        --protection) PROTECTION=1; shift ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         --duration) DURATION="$2"; shift 2 ;;
         --connections) CONNECTIONS="$2"; shift 2 ;;
         --wrk-threads) WRK_THREADS="$2"; shift 2 ;;
         --edge-threads) EDGE_THREADS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
 done
@@ -201,8 +215,9 @@ start_nginx() {
     PID_OF[$name]="$(cat "$dir/nginx.pid")"
 }
 
+# start_edge NAME UPSTREAM_SOCKET [EXTRA_TOML]: EXTRA_TOML is appended to the file.
 start_edge() {
-    local name="$1" upstream="$2"
+    local name="$1" upstream="$2" extra="${3:-}"
     local dir="$WORK/$name" port metrics
     port="$(free_port)"
     metrics="$(free_port)"
@@ -224,6 +239,7 @@ error_page = "$WORK/errors/500.html"
 [body]
 max_size = "4GiB"
 buffer_size = "16MiB"
+${FORWARDING:-}
 
 [metrics]
 address = "127.0.0.1:$metrics"
@@ -252,6 +268,8 @@ root = "$WORK/media"
 name = "default"
 prefix = "/"
 action = "upstream"
+
+$extra
 EOF
     # Access logs off for every proxy in this comparison: RUST_LOG=warn for the edge,
     # `access_log off` for nginx.
@@ -261,12 +279,47 @@ EOF
     PID_OF[$name]="$LAST_PID"
 }
 
-start_nginx nginx-sapl sapl-mainline.conf.tmpl "$FAST_SOCK"
-start_nginx nginx-sapl-gunicorn sapl-mainline.conf.tmpl "$GUNICORN_SOCK"
-start_nginx nginx-tuned sapl-tuned.conf.tmpl "$FAST_SOCK"
-start_nginx nginx-tuned-gunicorn sapl-tuned.conf.tmpl "$GUNICORN_SOCK"
-start_edge sapl-edge "$FAST_SOCK"
-start_edge sapl-edge-gunicorn "$GUNICORN_SOCK"
+if [ "$PROTECTION" -eq 1 ]; then
+    # The blocklist's Redis, with a few blocked prefixes and one blocked client.
+    REDIS_PORT="$(free_port)"
+    start redis redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir "$WORK"
+    wait_port "$REDIS_PORT" "$LAST_PID" || { cat "$WORK/redis.log"; exit 1; }
+    redis-cli -p "$REDIS_PORT" -n 1 SADD rl:ip_prefix:blocked 45.8 103.124.225 192.0.2 >/dev/null
+    redis-cli -p "$REDIS_PORT" -n 1 SET rl:ip:198.51.100.66:blocked 1 >/dev/null
+    printf '%s\n' "# AI crawlers and scrapers" GPTBot ClaudeBot CCBot Bytespider Amazonbot \
+        PerplexityBot meta-externalagent Applebot-Extended DataForSeoBot SemrushBot AhrefsBot \
+        MJ12bot python-requests Go-http-client Scrapy HeadlessChrome 'Chrome/98\.0\.4758' \
+        > "$WORK/bots-ua.txt"
+    printf '%s\n' "# cloud ranges" 3.0.0.0/9 13.32.0.0/15 34.64.0.0/10 35.184.0.0/13 \
+        52.0.0.0/10 104.196.0.0/14 2600:1f00::/24 > "$WORK/bots-networks.txt"
+    # Both edges trust the same hops, so both read X-Forwarded-For the same way.
+    FORWARDING='[forwarding]
+trusted_hops = ["127.0.0.1/32", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]'
+    PROTECTION_TOML="[protection]
+user_agents_file = \"$WORK/bots-ua.txt\"
+networks_file = \"$WORK/bots-networks.txt\"
+
+[protection.zones.general]
+rate = \"1000000r/s\"
+burst = 1000000
+nodelay = true
+
+[protection.blocklist]
+redis_url = \"redis://127.0.0.1:$REDIS_PORT/1\"
+namespace = \"camara-loadtest\""
+    start_edge edge-off "$FAST_SOCK"
+    start_edge edge-on "$FAST_SOCK" "$PROTECTION_TOML"
+    start_edge edge-off-gunicorn "$GUNICORN_SOCK"
+    start_edge edge-on-gunicorn "$GUNICORN_SOCK" "$PROTECTION_TOML"
+else
+    start_nginx nginx-sapl sapl-mainline.conf.tmpl "$FAST_SOCK"
+    start_nginx nginx-sapl-gunicorn sapl-mainline.conf.tmpl "$GUNICORN_SOCK"
+    start_nginx nginx-tuned sapl-tuned.conf.tmpl "$FAST_SOCK"
+    start_nginx nginx-tuned-gunicorn sapl-tuned.conf.tmpl "$GUNICORN_SOCK"
+    start_edge sapl-edge "$FAST_SOCK"
+    start_edge sapl-edge-gunicorn "$GUNICORN_SOCK"
+fi
 
 # ------------------------------------------------------------------------------------------
 # Measurement
@@ -328,6 +381,61 @@ run_line() {
     printf '%-34s %-22s %8s req/s  p99 %8s ms  %6s us CPU/req %s\n' \
         "$scenario" "$proxy" "$rps" "$p99" "$cpu_us" "${errors:-}"
 }
+
+# status PORT PATH [CURL ARGS]: the status code (000: closed without an answer).
+status() {
+    local port="$1" path="$2"
+    shift 2
+    curl -s -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$port$path" || true
+}
+
+if [ "$PROTECTION" -eq 1 ]; then
+    CLIENT=(-H "X-Forwarded-For: 203.0.113.7"
+            -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0")
+    # The protected edge must refuse what it should before it is measured (the prefix set
+    # is read in the background shortly after start).
+    for _ in $(seq 1 40); do
+        blocked="$(status "${PORT[edge-on]}" /tiny -H "X-Forwarded-For: 192.0.2.9")"
+        [ "$blocked" = 429 ] && break
+        sleep 0.25
+    done
+    bot="$(status "${PORT[edge-on]}" /tiny -A "GPTBot/1.2")"
+    probe="$(status "${PORT[edge-on]}" /x.php)"
+    echo "protected edge: blocked prefix -> $blocked, bot UA -> $bot, probe -> $probe (000: closed)"
+    if [ "$blocked" != 429 ] || [ "$bot" != 429 ] || [ "$probe" != 000 ]; then
+        echo "the protected edge does not protect" >&2
+        exit 1
+    fi
+
+    for round in $(seq 1 "$ROUNDS"); do
+        for state in off on; do
+            run_line "tiny proxied (fast upstream), round $round" "edge-$state" /tiny \
+                "$CONNECTIONS" "${CLIENT[@]}"
+        done
+        for state in off on; do
+            run_line "tiny Django view (Gunicorn), round $round" "edge-$state-gunicorn" /tiny/ 8 \
+                "${CLIENT[@]}"
+        done
+    done
+    metrics_at="$(grep -A1 '^\[metrics\]' "$WORK/edge-on/sapl-edge.toml" | grep -o '127.0.0.1:[0-9]*')"
+    echo "protected edge (fast upstream), protection counters:"
+    curl -s "http://$metrics_at/metrics" \
+        | grep -E '^sapl_edge_protection_(refusals|blocklist_lookups|blocklist_fail_open)' || true
+
+    TABLE="$(
+        echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t $WRK_THREADS -c $CONNECTIONS (Gunicorn lines: -c 8) -d $DURATION --latency; sapl-edge threads = $EDGE_THREADS; protection off/on alternating, $ROUNDS rounds"
+        echo
+        echo "| scenario | edge | req/s | p99 (ms) | CPU per request (µs) | errors |"
+        echo "|---|---|---:|---:|---:|---|"
+        printf '%s\n' "${ROWS[@]}"
+    )"
+    echo
+    echo "$TABLE"
+    if [ -n "$OUT" ]; then
+        echo "$TABLE" > "$OUT"
+    fi
+    exit 0
+fi
 
 GZIP=(-H "Accept-Encoding: gzip")
 for flavour in nginx-sapl nginx-tuned sapl-edge; do

@@ -8,9 +8,13 @@
 #                                          loadtests/RESULTS.md
 #   RUNS=10 loadtests/renderer-bench.sh    more runs per case (default 5)
 #
-# Each case is one process run of the release binary (`sapl-renderer render ...`),
-# so a time includes start-up, the PostgreSQL connection, the queries, layout and
-# writing the file: what one job costs. Peak RSS comes from `/usr/bin/time -v`.
+# Two timings per case:
+# - process: one run of the release binary (`sapl-renderer render ...`), so it
+#   includes process start-up, the PostgreSQL connection, the queries, layout and
+#   writing the file (what a one-off CLI call costs); peak RSS comes from
+#   `/usr/bin/time -v` on these runs;
+# - worker: `render()` timed inside one warm process on one open connection
+#   (`examples/render_bench.rs`), which is what the queue worker pays per job.
 # Needs PostgreSQL at 127.0.0.1:5432 (user postgres, trust; SAPL_TEST_PG overrides
 # the base URL), psql, poppler-utils (pdfinfo) and /usr/bin/time.
 set -euo pipefail
@@ -33,8 +37,11 @@ cleanup() {
 trap cleanup EXIT
 
 echo "==> building the release binary"
-cargo build --release -q -p sapl-renderer --manifest-path "$REPO/Cargo.toml"
+cargo build --release -q -p sapl-renderer --bin sapl-renderer --example render_bench \
+    --manifest-path "$REPO/Cargo.toml"
 BIN="$CARGO_TARGET_DIR/release/sapl-renderer"
+WARM="$CARGO_TARGET_DIR/release/examples/render_bench"
+RUNS_WARM="${RUNS_WARM:-20}"
 
 echo "==> scratch database $DB: schema, sample data, generated sizes"
 psql -q -X "$BASE/postgres" -c "CREATE DATABASE $DB" >/dev/null
@@ -133,7 +140,8 @@ ANALYZE;
 SQL
 psql -X -t -A "$URL" -c "SELECT 'sessão ' || sessao_plenaria_id || ': ' || count(*) || ' items'
     FROM (SELECT sessao_plenaria_id FROM sessao_ordemdia UNION ALL
-          SELECT sessao_plenaria_id FROM sessao_expedientemateria) x GROUP BY 1 ORDER BY 1"
+          SELECT sessao_plenaria_id FROM sessao_expedientemateria) x
+    GROUP BY sessao_plenaria_id ORDER BY sessao_plenaria_id"
 
 # The copied sessões got their ids from sequences; find them by número.
 SESSAO16=$(psql -X -t -A "$URL" -c "SELECT id FROM sessao_sessaoplenaria WHERE numero = 6")
@@ -169,16 +177,20 @@ for case in "${CASES[@]}"; do
     run_once "$kind" "$id" "$pdf" >/dev/null # warm-up
     : >"$OUT/samples.txt"
     for _ in $(seq "$RUNS"); do run_once "$kind" "$id" "$pdf" >>"$OUT/samples.txt"; done
+    # "first F min A median M max B" over RUNS_WARM renders in one process.
+    warm=$("$WARM" "$URL" "$kind" "$id" "$RUNS_WARM")
     pages=$(pdfinfo "$pdf" | awk '/^Pages:/ {print $2}')
     bytes=$(stat -c %s "$pdf")
     line=$(sort -n "$OUT/samples.txt" | awk -v kind="$kind" -v size="$size" -v sapl="$sapl" \
-        -v sapl_row="$sapl_row" -v pages="$pages" -v bytes="$bytes" '
+        -v sapl_row="$sapl_row" -v pages="$pages" -v bytes="$bytes" -v warm="$warm" '
         { t[NR] = $1 / 1e6; if ($2 > rss) rss = $2 }
         END {
             med = (NR % 2) ? t[(NR + 1) / 2] : (t[NR / 2] + t[NR / 2 + 1]) / 2
-            speed = (sapl == "-") ? "-" : sprintf("%.0f×", sapl / med)
-            printf "| %s | %s | %.3f / %.3f / %.3f | %s | %.1f KB | %.1f MB | %s | %s |\n",
-                kind, size, t[1], med, t[NR], pages, bytes / 1024, rss / 1024, sapl, speed
+            split(warm, w, " ")
+            wmin = w[4]; wmed = w[6]; wmax = w[8]
+            speed = (sapl == "-") ? "-" : sprintf("%.0f× / %.0f×", sapl / wmed, sapl / med)
+            printf "| %s | %s | %.4f / %.4f / %.4f | %.3f / %.3f / %.3f | %s | %.1f KB | %.1f MB | %s | %s |\n",
+                kind, size, wmin, wmed, wmax, t[1], med, t[NR], pages, bytes / 1024, rss / 1024, sapl, speed
         }')
     echo "$line"
     LINES+=("$line")
@@ -190,18 +202,22 @@ SECTION="$OUT/section.md"
     echo "<!-- renderer-bench:start -->"
     echo "## Native reports (issue 4)"
     echo
-    echo "\`sapl-renderer\` (release build) rendering each report as one process run:"
-    echo "start-up, PostgreSQL connection, queries, layout, PDF written to disk. $RUNS runs"
-    echo "after one warm-up per case; peak RSS is the largest \`/usr/bin/time -v\` \"Maximum"
-    echo "resident set size\" of those runs. SAPL's median is from \`../shared/sapl/baseline.md\`"
-    echo "(Gunicorn worker, same machine kind, data of the same size); speed-up = SAPL"
-    echo "median / renderer median. Data: SAPL's sample data plus generated rows (see the"
-    echo "script). Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($CPU), PostgreSQL local."
+    echo "\`sapl-renderer\` release build. *Worker*: \`render()\` timed inside one warm process"
+    echo "on an open connection ($RUNS_WARM renders after a cold one), what the queue worker"
+    echo "pays per job. *Process*: one CLI run each (start-up, PostgreSQL connection, queries,"
+    echo "layout, file written), $RUNS runs after a warm-up. Peak RSS is the largest"
+    echo "\`/usr/bin/time -v\` \"Maximum resident set size\" of the process runs. SAPL's median"
+    echo "is from \`../shared/sapl/baseline.md\` (warm Gunicorn worker, same machine kind, data"
+    echo "of the same size); speed-up = SAPL median / worker median, then / process median."
+    echo "Data: SAPL's sample data plus generated rows (see the script). Measured"
+    echo "$(date -u +%Y-%m-%d) on $(nproc) cores ($CPU), PostgreSQL local; load average"
+    echo "at the start $(cut -d' ' -f1-3 /proc/loadavg) (other builds share the machine, so"
+    echo "expect noise)."
     echo
     echo "Command: \`loadtests/renderer-bench.sh\` (RUNS=$RUNS)"
     echo
-    echo "| report | data size | min / median / max (s) | pages | PDF size | peak RSS | SAPL median (s) | speed-up |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| report | data size | worker min / median / max (s) | process min / median / max (s) | pages | PDF size | peak RSS | SAPL median (s) | speed-up (worker / process) |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${LINES[@]}"
     echo "<!-- renderer-bench:end -->"
 } >"$SECTION"

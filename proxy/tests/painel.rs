@@ -26,7 +26,7 @@ async fn publish_reaches_every_socket(channels: Channels) {
         return;
     };
     let edge = Edge::start(&redis, &EdgeSettings::new(&prefix));
-    let session = peer.login("admin", "sapl-admin-123");
+    let session = peer.viewer(&format!("painel-{channels:?}").to_lowercase());
 
     let mut painel = connect(&edge, "/ws/painel/1/", Some(&session), None)
         .await
@@ -129,7 +129,7 @@ async fn auth_refusals_close_with_sapls_codes() {
     assert_eq!(close_code(&mut ws).await, Some(4401));
 
     // A page on another site cannot open the socket (cross-site WebSocket hijacking).
-    let fresh = peer.login("admin", "sapl-admin-123");
+    let fresh = peer.viewer("auth-fresh");
     let refused = connect(
         &edge,
         "/ws/painel/1/",
@@ -163,7 +163,7 @@ async fn two_tenants_on_one_redis_never_cross() {
     let peer_b = Peer::new(Channels::V4, &redis, pb).expect("4.x peer");
     let edge_a = Edge::start(&redis, &EdgeSettings::new(pa));
     let edge_b = Edge::start(&redis, &EdgeSettings::new(pb));
-    let session = peer_a.login("admin", "sapl-admin-123");
+    let session = peer_a.viewer("tenants");
 
     // Both chambers have a sessão 1 with the same group name.
     let mut ws_a = connect(&edge_a, "/ws/painel/1/", Some(&session), None)
@@ -215,7 +215,7 @@ async fn a_member_older_than_group_expiry_still_receives() {
     let mut settings = EdgeSettings::new(prefix);
     settings.extra.push("membership_refresh = \"1s\"".into());
     let edge = Edge::start(&redis, &settings);
-    let session = peer.login("admin", "sapl-admin-123");
+    let session = peer.viewer("longa");
     let mut ws = connect(&edge, "/ws/painel/1/", Some(&session), None)
         .await
         .unwrap();
@@ -273,7 +273,7 @@ async fn pubsub_layer_and_encrypted_core_layer_are_understood() {
         let mut settings = EdgeSettings::new(prefix);
         settings.layer = "pubsub";
         let edge = Edge::start(&redis, &settings);
-        let session = peer.login("admin", "sapl-admin-123");
+        let session = peer.viewer(&format!("pubsub-{channels:?}").to_lowercase());
         let mut ws = connect(&edge, "/ws/painel/1/", Some(&session), None)
             .await
             .unwrap();
@@ -299,7 +299,7 @@ async fn pubsub_layer_and_encrypted_core_layer_are_understood() {
             "symmetric_encryption_keys = [\"chave-antiga\", \"chave-nova-do-painel\"]".into(),
         );
         let edge = Edge::start(&redis, &settings);
-        let session = peer.login("admin", "sapl-admin-123");
+        let session = peer.viewer(&format!("fernet-{channels:?}").to_lowercase());
         let mut ws = connect(&edge, "/ws/painel/1/", Some(&session), None)
             .await
             .unwrap();
@@ -326,4 +326,38 @@ async fn shutdown_closes_sockets_with_a_retryable_code() {
     assert_eq!(as_json(&next_text(&mut ws).await)["type"], "pong");
     edge.terminate();
     assert_eq!(close_code(&mut ws).await, Some(1012));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_membership_write_is_made_again() {
+    let redis = Redis::start();
+    let prefix = "asgi-camara-retry";
+    let peer = Peer::new(Channels::V4, &redis, prefix).expect("4.x peer");
+    let edge = Edge::start(&redis, &EdgeSettings::new(prefix));
+    let session = peer.viewer("retry");
+
+    // Redis A refuses the edge's first membership write for the group (here the key
+    // holds a string; on a loaded machine it is a timeout or a dropped connection).
+    let key = format!("{prefix}:group:painel_1");
+    let mut conn = redis.conn();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("not a sorted set")
+        .query(&mut conn)
+        .unwrap();
+    let mut ws = connect(&edge, "/ws/painel/1/", Some(&session), None)
+        .await
+        .unwrap();
+    wait_for("the edge to report the refused write", || {
+        edge.log().contains("group membership not updated")
+    });
+
+    // Once Redis accepts writes again, the membership lands without any new socket.
+    let _: () = redis::cmd("DEL").arg(&key).query(&mut conn).unwrap();
+    wait_membership(&redis, prefix, "painel_1");
+    peer.publish("painel_1", r#"{"msg_painel": "de volta"}"#);
+    assert_eq!(
+        as_json(&next_text(&mut ws).await)["payload"]["msg_painel"],
+        "de volta"
+    );
 }

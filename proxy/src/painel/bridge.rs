@@ -9,6 +9,9 @@
 //! `membership_refresh`, so `group_send`'s pruning of members older than `group_expiry`
 //! (24 h) never drops a panel left open through a long plenary, and a Redis restart is
 //! healed within one refresh. A group's membership is removed when its last socket closes.
+//! A membership write that fails (a timeout on a loaded machine, a dropped connection) is
+//! made again every `RETRY_EVERY` until Redis takes it: a group is never left unjoined
+//! until the next refresh, hours later, while its sockets hear nothing.
 //!
 //! Pub/sub layer (`RedisPubSubChannelLayer`): the edge subscribes to
 //! `<prefix>__group__<group>` while the group has sockets here.
@@ -17,7 +20,7 @@
 //! `<prefix>:edge:snapshot:<group>` with a TTL, so a socket opening on any edge instance
 //! gets the latest payload at once. All of the edge's keys start with the tenant prefix.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +39,13 @@ use crate::config::{Painel as PainelConfig, PainelLayer};
 /// How long a blocking pop waits before it is issued again; short enough that shutdown
 /// is noticed, long enough to cost nothing.
 const POP_TIMEOUT_SECS: u64 = 5;
+
+/// How soon a failed membership write is made again.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+
+/// Response and connect timeout of the shared connection: generous, because a write that
+/// times out may still land, and a loaded 2-core pod can stall for a second.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A Redis fault at the bridge's border.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +72,10 @@ pub struct Bridge {
 struct Members {
     by_group: HashMap<String, String>,
     by_channel: HashMap<String, String>,
+    /// Groups whose membership write Redis has not confirmed yet.
+    unconfirmed: HashSet<String>,
+    /// Memberships of groups left here whose removal failed: (group, channel).
+    stale: Vec<(String, String)>,
 }
 
 fn now_secs_f64() -> f64 {
@@ -100,7 +114,12 @@ impl Bridge {
     pub async fn manager(&self) -> Result<ConnectionManager, BridgeError> {
         let manager = self
             .manager
-            .get_or_try_init(|| async { self.client.get_connection_manager().await })
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_connection_timeout(Some(COMMAND_TIMEOUT));
+                self.client.get_connection_manager_with_config(config).await
+            })
             .await?;
         Ok(manager.clone())
     }
@@ -142,6 +161,8 @@ impl Bridge {
         let mut refresh = tokio::time::interval(self.config.membership_refresh);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
+        let mut retry = tokio::time::interval(RETRY_EVERY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 change = changes.recv() => {
@@ -154,6 +175,7 @@ impl Bridge {
                         warn!(error = %e, group = %group, "painel: group membership not updated");
                     }
                 }
+                _ = retry.tick() => self.retry_pending().await,
                 _ = refresh.tick() => {
                     if let Err(e) = self.refresh_all().await {
                         metrics::BRIDGE_ERRORS.with_label_values(&["redis"]).inc();
@@ -170,9 +192,16 @@ impl Bridge {
     }
 
     /// Makes Redis agree with the hub about one group: member while it has sockets here.
+    /// A failed write is recorded and made again by [`Bridge::retry_pending`].
     async fn sync_group(&self, group: &str) -> Result<(), BridgeError> {
         let wanted = self.hub.has_group(group);
-        let current = self.members().by_group.get(group).cloned();
+        let (current, confirmed) = {
+            let members = self.members();
+            (
+                members.by_group.get(group).cloned(),
+                !members.unconfirmed.contains(group),
+            )
+        };
         match (wanted, current) {
             (true, None) => {
                 let channel = format!("{}{}", self.process, random_hex());
@@ -182,22 +211,54 @@ impl Bridge {
                     members
                         .by_channel
                         .insert(channel.clone(), group.to_string());
+                    members.unconfirmed.insert(group.to_string());
                 }
                 self.add_membership(group, &channel).await?;
+                self.members().unconfirmed.remove(group);
                 debug!(group = %group, channel = %channel, "painel: joined group");
+            }
+            // The same channel name again: a write that timed out may have landed.
+            (true, Some(channel)) if !confirmed => {
+                self.add_membership(group, &channel).await?;
+                self.members().unconfirmed.remove(group);
+                debug!(group = %group, channel = %channel, "painel: joined group on retry");
             }
             (false, Some(channel)) => {
                 {
                     let mut members = self.members();
                     members.by_group.remove(group);
                     members.by_channel.remove(&channel);
+                    members.unconfirmed.remove(group);
                 }
-                self.remove_membership(group, &channel).await?;
+                if let Err(e) = self.remove_membership(group, &channel).await {
+                    self.members().stale.push((group.to_string(), channel));
+                    return Err(e);
+                }
                 debug!(group = %group, "painel: left group");
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Makes the membership writes that failed again.
+    async fn retry_pending(&self) {
+        let (groups, stale) = {
+            let mut members = self.members();
+            let groups: Vec<String> = members.unconfirmed.iter().cloned().collect();
+            (groups, std::mem::take(&mut members.stale))
+        };
+        for group in groups {
+            if let Err(e) = self.sync_group(&group).await {
+                debug!(error = %e, group = %group, "painel: membership still not written");
+            }
+        }
+        for (group, channel) in stale {
+            if let Err(e) = self.remove_membership(&group, &channel).await {
+                debug!(error = %e, group = %group, "painel: membership still not removed");
+                self.members().stale.push((group, channel));
+            }
+        }
     }
 
     async fn add_membership(&self, group: &str, channel: &str) -> Result<(), BridgeError> {
@@ -262,6 +323,14 @@ impl Bridge {
                 .ignore();
         }
         pipe.exec_async(&mut conn).await?;
+        {
+            let mut members = self.members();
+            for (group, channel) in &memberships {
+                if members.by_group.get(group) == Some(channel) {
+                    members.unconfirmed.remove(group);
+                }
+            }
+        }
         debug!(groups = memberships.len(), "painel: memberships refreshed");
         Ok(())
     }

@@ -171,7 +171,15 @@ pub fn database() -> &'static str {
 }
 
 pub fn sql(statement: &str) {
-    let out = pg(&["psql", "-v", "ON_ERROR_STOP=1", "-d", database(), "-Atc", statement]);
+    let out = pg(&[
+        "psql",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        database(),
+        "-Atc",
+        statement,
+    ]);
     assert!(
         out.status.success(),
         "{statement}: {}",
@@ -258,6 +266,16 @@ impl Peer {
         self.run(&["login", user, password])
     }
 
+    /// Logs in a user of the calling test's own, with a painel permission. Tests never
+    /// share a user: a login by the other Django version (or a concurrent first login)
+    /// rehashes a shared user's password, and Django then ends that user's other sessions,
+    /// so a socket of a test running alongside would be closed 4401.
+    pub fn viewer(&self, username: &str) -> String {
+        let password = "senha-do-painel-1";
+        self.run(&["create-user", username, password, "painel.list_painel"]);
+        self.login(username, password)
+    }
+
     pub fn publish(&self, group: &str, payload: &str) {
         self.run(&["publish", group, payload]);
     }
@@ -273,7 +291,11 @@ impl Gunicorn {
     pub fn start(dir: &Path) -> Gunicorn {
         let socket = dir.join("gunicorn.sock");
         let binary = repo().join(".venv-django/bin/gunicorn");
-        assert!(binary.exists(), "{} missing: run scripts/setup.sh", binary.display());
+        assert!(
+            binary.exists(),
+            "{} missing: run scripts/setup.sh",
+            binary.display()
+        );
         let child = Command::new(binary)
             .args(["--workers", "2", "--bind"])
             .arg(format!("unix:{}", socket.display()))
@@ -462,9 +484,22 @@ action = "upstream"
     }
 }
 
-pub type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+impl Drop for Edge {
+    /// A failing test shows what the edge logged.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- sapl-edge log (last 40 lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens a panel socket as a browser on the edge's own host would.
 pub async fn connect(

@@ -33,8 +33,10 @@ const ESCALA_MINIMA: f32 = 0.3;
 /// these only arise from broken embedded assets or the PDF writer.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
+    /// The embedded font files do not parse.
     #[error(transparent)]
     Fonte(#[from] fontes::FonteInvalida),
+    /// Subsetting or writing the PDF failed.
     #[error("PDF writer failed: {0}")]
     Pdf(String),
 }
@@ -160,9 +162,8 @@ fn compor_etiqueta(
     altura_mm: f32,
     fontes: &Fontes,
 ) -> Vec<Pagina> {
-    // Guard against absurd configured sizes (zero, negative, NaN).
-    let largura = (largura_mm.clamp(10.0, 1000.0)).max(10.0) * PT_POR_MM;
-    let altura = (altura_mm.clamp(10.0, 1000.0)).max(10.0) * PT_POR_MM;
+    let largura = medida_de_etiqueta(largura_mm) * PT_POR_MM;
+    let altura = medida_de_etiqueta(altura_mm) * PT_POR_MM;
 
     let mut escala = 1.0;
     loop {
@@ -191,6 +192,15 @@ fn compor_etiqueta(
         }
         escala = (escala - 0.05).max(ESCALA_MINIMA);
     }
+}
+
+/// A configured label side in millimetres, kept between 1 cm and 1 m: the table
+/// is edited by hand and may hold zero, negative or NaN values.
+fn medida_de_etiqueta(mm: f32) -> f32 {
+    if mm.is_nan() {
+        return 10.0;
+    }
+    mm.clamp(10.0, 1000.0)
 }
 
 /// Page flow state: the current page and the cursor on it.
@@ -741,5 +751,140 @@ impl Rodape {
                 TAMANHO_RODAPE,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model::{celula, corpo, Coluna};
+    use super::*;
+
+    fn a4(blocos: Vec<Bloco>) -> Document {
+        Document {
+            titulo: "t".into(),
+            formato: Formato::A4(Moldura {
+                casa: "Câmara".into(),
+                subtitulo: "Sistema".into(),
+                rodape: "Rua".into(),
+                data: "03/12/2026".into(),
+                ..Default::default()
+            }),
+            blocos,
+        }
+    }
+
+    fn textos(p: &Pagina) -> Vec<&str> {
+        p.itens
+            .iter()
+            .filter_map(|i| match i {
+                Item::Texto { texto, .. } => Some(texto.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tabela_longa_repete_cabecalho_e_numera_paginas() {
+        let fontes = Fontes::globais().expect("fonts");
+        let tabela = Tabela {
+            colunas: vec![
+                Coluna {
+                    titulo: "Data".into(),
+                    peso: 1.0,
+                },
+                Coluna {
+                    titulo: "Status".into(),
+                    peso: 1.0,
+                },
+            ],
+            linhas: (0..300)
+                .map(|i| vec![celula(format!("linha {i}")), celula("ok")])
+                .collect(),
+        };
+        let paginas = compor(&a4(vec![Bloco::Tabela(tabela)]), fontes);
+        assert!(paginas.len() > 3);
+        for (i, p) in paginas.iter().enumerate() {
+            let t = textos(p);
+            assert_eq!(t.first().copied(), Some("Câmara"), "header first");
+            assert!(
+                t.contains(&"Data") && t.contains(&"Status"),
+                "table header on page {i}"
+            );
+            assert!(t.contains(&format!("Página {}", i + 1).as_str()));
+            for item in &p.itens {
+                if let Item::Texto { y, .. } = item {
+                    assert!(*y > 0.0 && *y < A4_ALTURA, "text off the page");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linha_mais_alta_que_a_pagina_continua_na_seguinte() {
+        let fontes = Fontes::globais().expect("fonts");
+        let enorme = "palavra ".repeat(4000);
+        let tabela = Tabela {
+            colunas: vec![Coluna {
+                titulo: "Ementa".into(),
+                peso: 1.0,
+            }],
+            linhas: vec![vec![celula(enorme)]],
+        };
+        let paginas = compor(&a4(vec![Bloco::Tabela(tabela)]), fontes);
+        assert!(paginas.len() >= 2);
+        let palavras: usize = paginas
+            .iter()
+            .flat_map(textos)
+            .map(|t| t.matches("palavra").count())
+            .sum();
+        assert_eq!(palavras, 4000, "no word lost across the split");
+    }
+
+    #[test]
+    fn etiqueta_encolhe_para_caber_numa_pagina() {
+        let fontes = Fontes::globais().expect("fonts");
+        let doc = Document {
+            titulo: "e".into(),
+            formato: Formato::Etiqueta {
+                largura_mm: 50.0,
+                altura_mm: 29.0,
+            },
+            blocos: vec![
+                corpo("texto ".repeat(60)),
+                Bloco::CodigoDeBarras {
+                    dados: "1/2025-PL".into(),
+                    altura_mm: 7.0,
+                },
+            ],
+        };
+        let paginas = compor(&doc, fontes);
+        assert_eq!(paginas.len(), 1);
+        let barras = paginas[0]
+            .itens
+            .iter()
+            .filter(|i| matches!(i, Item::Retangulo { .. }))
+            .count();
+        assert!(barras > 10, "barcode drawn");
+    }
+
+    #[test]
+    fn medidas_absurdas_de_etiqueta_ficam_entre_1_cm_e_1_m() {
+        assert_eq!(medida_de_etiqueta(f32::NAN), 10.0);
+        assert_eq!(medida_de_etiqueta(-5.0), 10.0);
+        assert_eq!(medida_de_etiqueta(0.0), 10.0);
+        assert_eq!(medida_de_etiqueta(62.0), 62.0);
+        assert_eq!(medida_de_etiqueta(f32::INFINITY), 1000.0);
+    }
+
+    #[test]
+    fn code128_de_texto_ascii() {
+        let modulos = codificar_code128("1/2025-PL");
+        // Start + 9 symbols + checksum = 11 symbols of 11 modules, stop has 13.
+        assert_eq!(modulos.len(), 11 * 11 + 13);
+        assert!(codificar_code128("").is_empty());
+        assert!(
+            codificar_code128("ção").len() > 11,
+            "non-ASCII dropped, rest kept"
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use allsorts::binary::read::ReadScope;
 use allsorts::font_data::FontData;
 use allsorts::subset::{subset, CmapTarget, SubsetProfile};
+use allsorts::tag;
 use printpdf::{
     Color, FontId, Line, LinePoint, Mm, Op, PaintMode, ParsedFont, PdfDocument, PdfFontHandle,
     PdfPage, PdfSaveOptions, Point, Pt, RawImage, Rect, Rgb, TextItem, XObjectId, XObjectTransform,
@@ -104,8 +105,27 @@ fn subconjunto(original: &[u8], glifos: &BTreeSet<u16>) -> Result<Vec<u8>, Layou
     let ids: Vec<u16> = std::iter::once(0)
         .chain(glifos.iter().copied().filter(|g| *g != 0))
         .collect();
-    subset(&provedor, &ids, &SubsetProfile::Pdf, CmapTarget::Unicode)
-        .map_err(|e| LayoutError::Pdf(format!("font subset: {e}")))
+    // allsorts' PDF profile keeps `name`, which in DejaVu is 15 KB of licence
+    // text per face (more than the glyphs of a typical report), and `post`, whose
+    // 6,000 glyph names cost time to read; a PDF font program needs neither.
+    // The hinting tables stay: the glyph programs call into `fpgm`.
+    let tabelas = vec![
+        tag::CMAP,
+        tag::HEAD,
+        tag::CVT,
+        tag::FPGM,
+        tag::HHEA,
+        tag::HMTX,
+        tag::MAXP,
+        tag::PREP,
+    ];
+    subset(
+        &provedor,
+        &ids,
+        &SubsetProfile::Custom(tabelas),
+        CmapTarget::Unicode,
+    )
+    .map_err(|e| LayoutError::Pdf(format!("font subset: {e}")))
 }
 
 /// The logo as an image XObject, with its pixel size; a file that does not
