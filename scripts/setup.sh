@@ -35,7 +35,10 @@ as_root() {
 # cmake: pingora-core builds zlib-ng. nginx-light: the parity peer. poppler-utils: pdftotext
 # for PDF checks. wrk: load tests. redis-server: tests start their own instances.
 # fonts-dejavu-core: the renderer embeds DejaVu Sans. postgresql-client: psql/createdb.
-PACKAGES=(cmake nginx-light poppler-utils wrk redis-server fonts-dejavu-core postgresql-client)
+# chromium: the panel page test (tests/test_painel_browser.py) runs it headless through
+# Playwright, which cannot download a browser of its own here.
+PACKAGES=(cmake nginx-light poppler-utils wrk redis-server fonts-dejavu-core postgresql-client
+    chromium)
 
 package_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
