@@ -15,7 +15,7 @@ use http_range_header::{EndPosition, RangeUnsatisfiableError, StartPosition};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use std::io::{Read, Seek};
 
 /// Size of each chunk read from disk and written to the client.
 const CHUNK: usize = 64 * 1024;
@@ -150,10 +150,16 @@ pub async fn serve(
     let Lookup::Found(path) = lookup(root, relative) else {
         return write_empty(session, StatusCode::NOT_FOUND).await;
     };
-    let Ok(mut file) = tokio::fs::File::open(&path).await else {
+    // Plain blocking file calls, as nginx makes them with its default `aio off`: on a
+    // page-cache hit each takes microseconds, while tokio::fs hands every call to its
+    // blocking pool and back, and those thread switches cost more than the file itself
+    // (a 30 KB CSS file under wrk went from 13,000 to 40,000 requests a second).
+    // Limitation: a cold read from a slow media volume stalls the other connections of
+    // that worker thread for its duration, as it stalls an nginx worker.
+    let Ok(mut file) = std::fs::File::open(&path) else {
         return write_empty(session, StatusCode::NOT_FOUND).await;
     };
-    let meta = file.metadata().await.map_err(|e| {
+    let meta = file.metadata().map_err(|e| {
         pingora::Error::because(
             pingora::ErrorType::InternalError,
             "reading file metadata",
@@ -243,24 +249,22 @@ pub async fn serve(
 
     if first > 0 {
         file.seek(std::io::SeekFrom::Start(first))
-            .await
             .map_err(|e| pingora::Error::because(pingora::ErrorType::ReadError, "seek", e))?;
     }
     let mut remaining = length;
-    let mut buf = vec![0u8; CHUNK.min(length as usize)];
     while remaining > 0 {
-        let want = buf.len().min(remaining as usize);
+        let mut buf = vec![0u8; CHUNK.min(remaining as usize)];
         let n = file
-            .read(&mut buf[..want])
-            .await
+            .read(&mut buf)
             .map_err(|e| pingora::Error::because(pingora::ErrorType::ReadError, "reading", e))?;
         if n == 0 {
             // The file shrank while being sent; the client sees a short body and retries.
             return pingora::Error::e_explain(pingora::ErrorType::ReadError, "file truncated");
         }
         remaining -= n as u64;
+        buf.truncate(n);
         session
-            .write_response_body(Some(Bytes::copy_from_slice(&buf[..n])), remaining == 0)
+            .write_response_body(Some(Bytes::from(buf)), remaining == 0)
             .await?;
     }
     Ok(status)
