@@ -47,6 +47,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CALLER_DIR="$PWD"
 cd "$REPO"
+source "$REPO/loadtests/lib.sh"
 ARGS_GIVEN="$*"
 
 REQUESTS=2000
@@ -112,22 +113,9 @@ WORK="$(mktemp -d /tmp/sapl-jobs-flood.XXXXXX)"
 PIDS=()
 DB_CREATED=0
 cleanup() {
-    local status=$? pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    done
+    local status=$?
     # The edge's grace period and the worker's shutdown grace are 5 s.
-    for _ in $(seq 1 100); do
-        local left=0
-        for pid in "${PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null && left=1
-        done
-        [ "$left" -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    done
+    stop_started 100
     if [ "$status" -ne 0 ]; then
         local log
         for log in "$WORK"/*.log; do
@@ -409,22 +397,7 @@ if [ -n "$JSON_OUT" ]; then
 fi
 
 if [ "$WRITE" -eq 1 ] && [ "$MEASURED" -eq 0 ]; then
-    # Replace only this section of RESULTS.md; the others belong to other benchmarks.
-    if [ -f "$RESULTS" ] && grep -q '<!-- jobs-flood:start -->' "$RESULTS"; then
-        awk -v section="$WORK/section.md" '
-            /<!-- jobs-flood:start -->/ {
-                while ((getline l < section) > 0) print l
-                skip = 1
-                next
-            }
-            /<!-- jobs-flood:end -->/ { skip = 0; next }
-            !skip { print }' "$RESULTS" >"$WORK/results.md"
-        cp "$WORK/results.md" "$RESULTS"
-    else
-        [ -f "$RESULTS" ] || printf '# Load test results\n' >"$RESULTS"
-        { echo; cat "$WORK/section.md"; } >>"$RESULTS"
-    fi
-    echo "==> wrote the jobs-flood section of $RESULTS"
+    write_results_section jobs-flood "$WORK/section.md"
 elif [ "$WRITE" -eq 1 ]; then
     echo "==> the run failed: $RESULTS left as it was" >&2
 fi

@@ -40,6 +40,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+source "$REPO/loadtests/lib.sh"
 COMMAND_LINE="loadtests/painel-fanout.sh${*:+ $*}"
 
 SIZES="1000,5000,20000"
@@ -115,21 +116,7 @@ FD_LIMIT="$(ulimit -n)"
 WORK="$(mktemp -d /tmp/sapl-painel-fanout.XXXXXX)"
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    done
-    for _ in $(seq 1 50); do
-        local left=0
-        for pid in "${PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null && left=1
-        done
-        [ "$left" -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    done
+    stop_started 50
     # KEEP_WORK=1 keeps the logs and configs for a look afterwards.
     if [ "${KEEP_WORK:-0}" = 1 ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
@@ -407,7 +394,6 @@ echo "$TABLE"
 [ -n "$OUT" ] && echo "$TABLE" > "$OUT"
 
 [ "$WRITE" -eq 1 ] || exit 0
-RESULTS="$REPO/loadtests/RESULTS.md"
 SECTION="$WORK/section.md"
 {
     echo "<!-- painel-fanout:start -->"
@@ -444,15 +430,4 @@ SECTION="$WORK/section.md"
     echo "<!-- painel-fanout:end -->"
 } > "$SECTION"
 
-# Replace only this section; the others belong to other load tests.
-if [ -f "$RESULTS" ] && grep -q '<!-- painel-fanout:start -->' "$RESULTS"; then
-    awk -v section="$SECTION" '
-        /<!-- painel-fanout:start -->/ { while ((getline l < section) > 0) print l; skip = 1; next }
-        /<!-- painel-fanout:end -->/ { skip = 0; next }
-        !skip { print }' "$RESULTS" > "$WORK/results.md"
-    cp "$WORK/results.md" "$RESULTS"
-else
-    [ -f "$RESULTS" ] || printf '# Load test results\n' > "$RESULTS"
-    { echo; cat "$SECTION"; } >> "$RESULTS"
-fi
-echo "==> wrote the \"Panel fan-out (issue 5)\" section of $RESULTS"
+write_results_section painel-fanout "$SECTION"

@@ -31,9 +31,12 @@
 #   loadtests/proxy-compare.sh                     # 30 s per line (the recorded run)
 #   loadtests/proxy-compare.sh --duration 3s       # a quick check that it all works
 #   loadtests/proxy-compare.sh --protection --rounds 3 --duration 20s
+#   loadtests/proxy-compare.sh --write             # ... and replace its section of
+#                                                  # loadtests/RESULTS.md (proxy-compare,
+#                                                  # or protection-cost with --protection)
 #   options: --duration D  --connections N  --wrk-threads N  --edge-threads N
 #            --no-build (use the existing release binary)  --out FILE
-#            --protection  --rounds N (protection mode: off/on pairs, default 3)
+#            --protection  --rounds N (protection mode: off/on pairs, default 3)  --write
 #
 # Everything runs on 127.0.0.1 and unix sockets in a temporary directory; all processes
 # it starts are stopped on exit. Needs scripts/setup.sh to have run (venvs, nginx, wrk).
@@ -41,6 +44,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
+COMMAND_LINE="loadtests/proxy-compare.sh${*:+ $*}"
+source "$REPO/loadtests/lib.sh"
 
 DURATION=30s
 CONNECTIONS=32
@@ -50,6 +55,7 @@ BUILD=1
 OUT=""
 PROTECTION=0
 ROUNDS=3
+WRITE=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --protection) PROTECTION=1; shift ;;
@@ -60,6 +66,7 @@ while [ $# -gt 0 ]; do
         --edge-threads) EDGE_THREADS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --out) OUT="$2"; shift 2 ;;
+        --write) WRITE=1; shift ;;
         -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
         *) echo "unknown option: $1" >&2; exit 2 ;;
     esac
@@ -77,22 +84,8 @@ command -v wrk >/dev/null || { echo "wrk missing: run scripts/setup.sh" >&2; exi
 WORK="$(mktemp -d /tmp/sapl-proxy-compare.XXXXXX)"
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    done
     # Graceful shutdowns (sapl-edge's grace period, Gunicorn's workers) get a few seconds.
-    for _ in $(seq 1 50); do
-        local left=0
-        for pid in "${PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null && left=1
-        done
-        [ "$left" -eq 0 ] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do
-        kill -KILL -- "-$pid" 2>/dev/null || true
-    done
+    stop_started 50
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -434,6 +427,25 @@ if [ "$PROTECTION" -eq 1 ]; then
     if [ -n "$OUT" ]; then
         echo "$TABLE" > "$OUT"
     fi
+    if [ "$WRITE" -eq 1 ]; then
+        {
+            echo "<!-- protection-cost:start -->"
+            echo "## What ingress protection costs (issue 6)"
+            echo
+            echo "The same release sapl-edge twice in one run, alternating: without [protection] (off)"
+            echo "and with every check on every request (on): real client IP from X-Forwarded-For"
+            echo "through a trusted hop, the scanner-probe test, a User-Agent rules file, a networks"
+            echo "file, the Redis A blocklist (a private redis-server, prefix set loaded, answers"
+            echo "cached) and the general zone set too high to refuse. Target: under 5 % throughput"
+            echo "cost on the tiny proxied answer."
+            echo
+            echo "Command: \`$COMMAND_LINE\`"
+            echo
+            echo "$TABLE"
+            echo "<!-- protection-cost:end -->"
+        } >"$WORK/section.md"
+        write_results_section protection-cost "$WORK/section.md"
+    fi
     exit 0
 fi
 
@@ -458,4 +470,24 @@ echo
 echo "$TABLE"
 if [ -n "$OUT" ]; then
     echo "$TABLE" > "$OUT"
+fi
+if [ "$WRITE" -eq 1 ]; then
+    {
+        echo "<!-- proxy-compare:start -->"
+        echo "## sapl-edge beside nginx (issue 2)"
+        echo
+        echo "The same upstreams behind three proxies in one run: nginx with SAPL's settings"
+        echo "(nginx-sapl: \`worker_processes 1\`), nginx tuned for this machine (nginx-tuned:"
+        echo "\`worker_processes auto\`, upstream keepalive) and the release sapl-edge. The fast"
+        echo "upstream is an nginx on a unix socket (so that the proxy's own cost shows); the"
+        echo "Gunicorn line is the test-bed Django app with SAPL's 3 sync workers. CPU per request"
+        echo "is the proxy's own utime+stime (master and workers) over the run / requests done."
+        echo "wrk, the upstreams and the proxy share the 2 cores."
+        echo
+        echo "Command: \`$COMMAND_LINE\`"
+        echo
+        echo "$TABLE"
+        echo "<!-- proxy-compare:end -->"
+    } >"$WORK/section.md"
+    write_results_section proxy-compare "$WORK/section.md"
 fi

@@ -20,6 +20,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$REPO/loadtests/lib.sh"
 SAPL="$REPO/../shared/sapl"
 RUNS="${RUNS:-5}"
 BASE="${SAPL_TEST_PG:-postgres://postgres@127.0.0.1:5432}"
@@ -27,7 +28,6 @@ BASE="${BASE%/}"
 DB="sapl_r4_bench_$$"
 URL="$BASE/$DB"
 OUT="$(mktemp -d /tmp/renderer-bench.XXXXXX)"
-RESULTS="$REPO/loadtests/RESULTS.md"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 
 cleanup() {
@@ -222,15 +222,4 @@ SECTION="$OUT/section.md"
     echo "<!-- renderer-bench:end -->"
 } >"$SECTION"
 
-# Replace only this section of RESULTS.md; other sections belong to other benchmarks.
-if [ -f "$RESULTS" ] && grep -q '<!-- renderer-bench:start -->' "$RESULTS"; then
-    awk -v section="$SECTION" '
-        /<!-- renderer-bench:start -->/ { while ((getline l < section) > 0) print l; skip = 1; next }
-        /<!-- renderer-bench:end -->/ { skip = 0; next }
-        !skip { print }' "$RESULTS" >"$OUT/results.md"
-    cp "$OUT/results.md" "$RESULTS"
-else
-    [ -f "$RESULTS" ] || printf '# Load test results\n' >"$RESULTS"
-    { echo; cat "$SECTION"; } >>"$RESULTS"
-fi
-echo "==> wrote the \"Native reports (issue 4)\" section of $RESULTS"
+write_results_section renderer-bench "$SECTION"
