@@ -284,6 +284,8 @@ impl Peer {
 /// Gunicorn serving the test bed's Django app (for the dados view).
 pub struct Gunicorn {
     pub socket: PathBuf,
+    /// The test bed's record of every request Django received (`saplbed/hits.py`).
+    pub hits: PathBuf,
     _proc: Proc,
 }
 
@@ -304,6 +306,7 @@ impl Gunicorn {
             .arg("saplbed.wsgi:application")
             .env("SECRET_KEY", SECRET_KEY)
             .env("SAPL_DB_NAME", database())
+            .env("SAPL_TESTBED_HITS", dir.join("hits.jsonl"))
             .env("DJANGO_SETTINGS_MODULE", "saplbed.settings")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("gunicorn.log")).unwrap())
@@ -311,6 +314,7 @@ impl Gunicorn {
             .expect("gunicorn");
         let gunicorn = Gunicorn {
             socket,
+            hits: dir.join("hits.jsonl"),
             _proc: Proc {
                 child,
                 name: "gunicorn".into(),
@@ -323,6 +327,18 @@ impl Gunicorn {
     }
 }
 
+impl Gunicorn {
+    /// The requests Django received for `path` so far, by their raw URI (query included).
+    pub fn hits(&self, path: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.hits).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|hit| hit["path"] == path)
+            .map(|hit| hit["raw_uri"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
 /// How one sapl-edge is configured.
 #[derive(Clone)]
 pub struct EdgeSettings {
@@ -332,6 +348,10 @@ pub struct EdgeSettings {
     pub upstream: Option<PathBuf>,
     /// Extra `key = value` lines for `[painel]`.
     pub extra: Vec<String>,
+    /// Extra `key = value` lines for `[upstream]`.
+    pub upstream_extra: Vec<String>,
+    /// Extra `key = value` lines for the `painel-ws` route.
+    pub ws_route_extra: Vec<String>,
 }
 
 impl EdgeSettings {
@@ -342,6 +362,8 @@ impl EdgeSettings {
             layer: "core",
             upstream: None,
             extra: Vec::new(),
+            upstream_extra: Vec::new(),
+            ws_route_extra: Vec::new(),
         }
     }
 }
@@ -387,6 +409,7 @@ address = "127.0.0.1:{port}"
 
 [upstream]
 address = "unix:{upstream}"
+{upstream_extra}
 
 [metrics]
 address = "127.0.0.1:{metrics_port}"
@@ -395,6 +418,7 @@ address = "127.0.0.1:{metrics_port}"
 name = "painel-ws"
 regex = "^/ws/painel/(?P<sessao_id>[0-9]+)/$"
 action = "websocket"
+{ws_route_extra}
 
 [[route]]
 name = "votacao-ws"
@@ -418,6 +442,8 @@ action = "upstream"
             upgrade = dir.path().join("upgrade.sock"),
             upstream = upstream.display(),
             painel = painel.join("\n"),
+            upstream_extra = settings.upstream_extra.join("\n"),
+            ws_route_extra = settings.ws_route_extra.join("\n"),
         );
         let conf = dir.path().join("sapl-edge.toml");
         std::fs::write(&conf, config).unwrap();
@@ -473,11 +499,33 @@ action = "upstream"
     /// The value of one metric series in `/metrics`, 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
         let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        stream.set_read_timeout(Some(HANG)).unwrap();
         stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: m\r\n\r\n")
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
             .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
+        // Read to Content-Length: the listener may keep the connection open after it.
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            let text = String::from_utf8_lossy(&raw);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .expect("/metrics has a Content-Length");
+                if body.len() >= length {
+                    break;
+                }
+            }
+            let n = stream.read(&mut chunk).expect("/metrics answers");
+            assert!(n > 0, "/metrics closed early");
+            raw.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&raw);
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
@@ -585,4 +633,256 @@ pub fn wait_subscription(redis: &Redis, prefix: &str, group: &str) {
 pub fn dados_votacao_aberta() -> String {
     std::fs::read_to_string(shared_sapl().join("painel/dados-votacao-aberta.json"))
         .expect("painel/dados-votacao-aberta.json")
+}
+
+impl Peer {
+    /// `count` messages `{"seq": n, "texto": <size bytes>}` to `group` from one Django
+    /// process, through channels_redis's own `group_send`, as fast as the layer takes them.
+    pub fn publish_many(&self, group: &str, count: usize, size: usize) {
+        let script = r#"
+import asyncio, importlib.util, sys
+spec = importlib.util.spec_from_file_location("peer", sys.argv[1])
+peer = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(peer)
+peer._setup(publishing=True)
+from channels.layers import get_channel_layer
+group, count, size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+async def run():
+    layer = get_channel_layer()
+    for seq in range(count):
+        await layer.group_send(
+            group, {"type": "painel.data", "payload": {"seq": seq, "texto": "v" * size}}
+        )
+
+asyncio.run(run())
+"#;
+        let out = Command::new(&self.python)
+            .arg("-c")
+            .arg(script)
+            .arg(repo().join("testbed/painel/peer.py"))
+            .args([group, &count.to_string(), &size.to_string()])
+            .env("SECRET_KEY", SECRET_KEY)
+            .env("SAPL_DB_NAME", database())
+            .env("PAINEL_REDIS_URL", &self.redis_url)
+            .env("PAINEL_PREFIX", &self.prefix)
+            .env("PAINEL_LAYER", self.layer)
+            .env("PAINEL_KEYS", &self.keys)
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "publish_many: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// One HTTP answer read whole.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Edge {
+    /// A plain `GET` through the edge's listener, as a browser page's XHR would send it.
+    pub fn get(&self, path: &str, session: Option<&str>) -> Answer {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(HANG)).unwrap();
+        let cookie = session
+            .map(|s| format!("Cookie: csrftoken=x; sessionid={s}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\
+             X-Requested-With: XMLHttpRequest\r\n{cookie}\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+}
+
+/// WebSocket opcodes the raw client writes and reads (RFC 6455, 5.2).
+pub mod op {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// One frame as the server sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The close code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == op::CLOSE && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// A WebSocket client that writes frames byte by byte, for what a well-behaved library
+/// will not send: fragments with a ping between them, a character split across frames,
+/// invalid UTF-8, fragmented control frames.
+pub struct RawWs {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Completes the upgrade on `path`; panics unless the edge answers 101.
+    pub async fn connect(edge: &Edge, path: &str) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", edge.port))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            edge.port
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(HANG, stream.read(&mut chunk))
+                .await
+                .expect("a handshake answer before the hang guard")
+                .unwrap();
+            assert!(n > 0, "connection closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // The key of RFC 6455's own example, so its accept value is known.
+        assert!(
+            head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "Sec-WebSocket-Accept: {head}"
+        );
+        buf.drain(..head_end);
+        RawWs { stream, buf }
+    }
+
+    /// Writes one masked frame.
+    pub async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+
+        let mask = [0x5a, 0x13, 0xc7, 0x2e];
+        let mut frame = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n <= u16::MAX as usize => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame from the server; `None` when the connection ended.
+    pub async fn frame(&mut self) -> Option<Frame> {
+        use tokio::io::AsyncReadExt;
+
+        loop {
+            if let Some((frame, used)) = parse_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 8192];
+            let read = tokio::time::timeout(HANG, self.stream.read(&mut chunk))
+                .await
+                .expect("a frame before the hang guard");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The close code the server ends the connection with (data frames skipped).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some(frame) = self.frame().await {
+            if frame.opcode == op::CLOSE {
+                return frame.close_code();
+            }
+        }
+        None
+    }
+}
+
+/// An unmasked server frame at the start of `buf`, and the bytes it took.
+fn parse_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, mut at) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    assert_eq!(buf[1] & 0x80, 0, "the server masked a frame");
+    if buf.len() < at + len {
+        return None;
+    }
+    let payload = buf[at..at + len].to_vec();
+    at += len;
+    Some((
+        Frame {
+            fin: buf[0] & 0x80 != 0,
+            opcode: buf[0] & 0x0f,
+            payload,
+        },
+        at,
+    ))
 }
