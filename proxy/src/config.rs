@@ -213,12 +213,10 @@ pub enum Action {
     Pdf(crate::jobs::settings::PdfRoute),
 }
 
-/// The voting panel's WebSockets (`[painel]`): where the edge terminates them, how it
-/// joins Django's channel layer on Redis A, and how it checks who may watch.
+/// The voting panel's WebSockets (`[painel]`): how the edge joins Django's channel layer
+/// on Redis A, and how it checks who may watch.
 #[derive(Debug, Clone)]
 pub struct Painel {
-    /// The unix socket of the WebSocket service; `websocket` routes are proxied to it.
-    pub socket: PathBuf,
     /// The Channels group of a sessão, e.g. `painel_{sessao_id}`.
     pub group_template: String,
     /// channels_redis `prefix`: per tenant, equal to Django's `CHANNEL_LAYERS` prefix. Every
@@ -632,7 +630,6 @@ struct RawRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPainel {
-    socket: Option<PathBuf>,
     group_template: Option<Spanned<String>>,
     prefix: Option<Spanned<String>>,
     #[serde(default = "default_namespace_env")]
@@ -822,10 +819,6 @@ impl RawPainel {
         };
 
         Ok(Painel {
-            socket: self
-                .socket
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/tmp/sapl-edge-painel.sock")),
             group_template,
             prefix,
             redis_url: url.clone(),

@@ -220,15 +220,21 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Action::WebSocket => {
+                let Some(painel) = self.painel.as_ref() else {
+                    return refuse(session, ctx, StatusCode::NOT_FOUND, "no [painel]").await;
+                };
                 if !session.is_upgrade_req() {
                     return refuse(session, ctx, StatusCode::BAD_REQUEST, "not a websocket").await;
                 }
-                // The socket service pings every client, so a socket idle for longer than
-                // this is dead; the 60 s default would cut quiet panels.
-                if let Some(painel) = &runtime.config.painel {
-                    session.set_read_timeout(Some(crate::painel::idle_timeout(painel)));
+                match crate::painel::socket::upgrade(painel, session, ctx.client, &ctx.request_id)
+                    .await?
+                {
+                    Ok(()) => {
+                        ctx.local_status = Some(101);
+                        Ok(true)
+                    }
+                    Err((status, reason)) => refuse(session, ctx, status, reason).await,
                 }
-                Ok(false)
             }
             Action::PainelDados
                 if self.painel.is_some() && session.req_header().method == http::Method::GET =>
@@ -485,9 +491,6 @@ async fn refuse(
 
 /// The peer for Gunicorn, with the route's timeouts over the upstream's.
 pub fn upstream_peer(config: &Config, route: Option<&Route>) -> Result<Box<HttpPeer>> {
-    if let (Some(painel), Some(Action::WebSocket)) = (&config.painel, route.map(|r| &r.action)) {
-        return crate::painel::socket_peer(painel);
-    }
     let upstream = &config.upstream;
     let mut peer = match &upstream.address {
         UpstreamAddress::Unix(path) => {
