@@ -22,6 +22,11 @@ mod routes;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Bytes Pingora buffers when reading a client connection (its default is 64 KiB); none:
+/// request heads are read into Pingora's own header buffer and bodies into body buffers,
+/// so this one would only copy bytes twice.
+const CONNECTION_READ_BUFFER: usize = 0;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +34,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use clap::Parser;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -162,7 +169,13 @@ fn run(cli: Cli, config: Config) -> ExitCode {
             edge,
             &format!("edge {}", listener.address),
         );
-        service.add_tcp(&listener.address);
+        // Pingora reads each connection through a 64 KiB buffer of its own, zeroed (so
+        // resident) from the start: with thousands of idle panel sockets that alone was most
+        // of the edge's memory (loadtests/RESULTS.md measures both).
+        service.add_listener(
+            ListenerConfig::tcp(listener.address.as_str())
+                .l4_buffer(L4BufferSettings::default().read(CONNECTION_READ_BUFFER)),
+        );
         server.add_service(service);
         info!(address = %listener.address, proto = %listener.proto, "listener ready");
     }

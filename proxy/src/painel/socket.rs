@@ -129,8 +129,9 @@ pub async fn upgrade(
     }
 
     let config = WebSocketConfig::default()
-        // Small buffers keep an idle socket cheap; panel messages are a few KiB.
-        .read_buffer_size(4096)
+        // Small buffers keep an idle socket cheap: viewers send only pings, and a larger
+        // message is read in several chunks.
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(painel.config.max_message_size))
         .max_frame_size(Some(painel.config.max_message_size));
@@ -265,7 +266,10 @@ async fn run_session(
         PainelAuth::Public => Ok("public"),
         PainelAuth::Django { .. } => {
             let session_key = auth::cookie(&cookie, "sessionid");
-            match painel.auth.check(session_key, sessao_id).await {
+            // Boxed, like the snapshot below: a task keeps the size of its largest state for
+            // its whole life, and these one-off database and HTTP calls would triple the
+            // memory of every idle socket.
+            match Box::pin(painel.auth.check(session_key, sessao_id)).await {
                 Ok(Ok(_user)) => Ok("ok"),
                 Ok(Err(denial)) => Err((denial.close_code(), denial.label())),
                 Err(e) => {
@@ -301,7 +305,8 @@ async fn run_session(
     info!(route = %route, sessao_id, sockets = painel.hub.total(), "painel: socket open");
 
     // The snapshot goes out before anything queued since the join.
-    let (first, source) = initial_payload(&painel, &group, sessao_id, &host, &cookie).await;
+    let (first, source) =
+        Box::pin(initial_payload(&painel, &group, sessao_id, &host, &cookie)).await;
     metrics::SNAPSHOTS
         .with_label_values(&[source.label()])
         .inc();
