@@ -40,7 +40,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::{filter, fmt, prelude::*, EnvFilter};
 
 use crate::config::Config;
@@ -87,6 +87,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
+        for warning in start_warnings(&config) {
+            eprintln!("sapl-edge: warning: {warning}");
+        }
         println!(
             "sapl-edge: configuration file {} test is successful",
             cli.config.display()
@@ -95,6 +98,38 @@ fn main() -> ExitCode {
     }
 
     run(cli, config)
+}
+
+/// What a valid configuration will run without, for lack of an environment variable: the
+/// edge starts all the same (and logs the same at start), but `--test` says it up front.
+fn start_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(jobs) = &config.jobs {
+        if jobs.broker_url.is_none() {
+            warnings.push(
+                "[jobs] has no broker URL (broker_url or $CELERY_BROKER_URL): legacy report \
+                 links will go to Django and the PDF API will answer 503"
+                    .to_string(),
+            );
+        }
+        if jobs.tenant.is_none() {
+            warnings.push(
+                "[jobs] has no tenant (tenant or $POD_NAMESPACE): PDF jobs will be off".to_string(),
+            );
+        }
+    }
+    if let Some(painel) = &config.painel {
+        if let config::PainelAuth::Django { database_url, .. } = &painel.auth {
+            if database_url.is_none() {
+                warnings.push(
+                    "[painel] auth = \"django\" without a database URL: every panel socket \
+                     will be closed 1011"
+                        .to_string(),
+                );
+            }
+        }
+    }
+    warnings
 }
 
 /// Access lines (target `access`) go to stdout, everything else to stderr, as nginx's
@@ -140,6 +175,12 @@ fn run(cli: Cli, config: Config) -> ExitCode {
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
+    // Pingora writes the pid file only when it daemonizes. Written after `bootstrap`, which
+    // in an upgrade waits for the old process's listeners, so until the hand-over the file
+    // still names the old process (the one `kill -QUIT "$(cat pid_file)"` must reach).
+    if let Err(e) = std::fs::write(&config.server.pid_file, format!("{}\n", std::process::id())) {
+        warn!(path = %config.server.pid_file.display(), error = %e, "pid file not written");
+    }
 
     let live = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())));
 

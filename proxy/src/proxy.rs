@@ -293,10 +293,13 @@ impl ProxyHttp for EdgeProxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        // As nginx does (`proxy_hide_header` by default): the client learns which proxy
+        // answered, not Gunicorn's name and version.
+        upstream_response.insert_header("Server", "sapl-edge")?;
         Ok(())
     }
 
