@@ -1022,9 +1022,13 @@ fn header_value(
     span: Range<usize>,
     here: &Source,
 ) -> Result<(), ConfigError> {
-    http::HeaderValue::from_str(value)
-        .map(|_| ())
-        .map_err(|_| here.invalid(span, key, "not a valid header value (line break or control character)"))
+    http::HeaderValue::from_str(value).map(|_| ()).map_err(|_| {
+        here.invalid(
+            span,
+            key,
+            "not a valid header value (line break or control character)",
+        )
+    })
 }
 
 fn validate_listeners(
@@ -1036,7 +1040,10 @@ fn validate_listeners(
     }
     let mut listeners: Vec<Listener> = Vec::new();
     for l in raw.get_ref() {
-        if listeners.iter().any(|seen| &seen.address == l.address.get_ref()) {
+        if listeners
+            .iter()
+            .any(|seen| &seen.address == l.address.get_ref())
+        {
             return Err(here.invalid(
                 l.address.span(),
                 "listener.address",

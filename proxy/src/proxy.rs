@@ -160,6 +160,17 @@ impl ProxyHttp for EdgeProxy {
             .await;
         }
 
+        // RFC 9112 3.2: origin-form ("/path") or absolute-form; `http` would read an
+        // authority-form "wp-login.php" as the path "/" and route it past every rule.
+        let target = session.req_header().raw_path();
+        let absolute = session.req_header().uri.scheme().is_some();
+        if !absolute && !target.starts_with(b"/") {
+            return refuse(session, ctx, StatusCode::BAD_REQUEST, "bad request target").await;
+        }
+        if target.len() > MAX_HEADER_LINE {
+            return refuse(session, ctx, StatusCode::URI_TOO_LONG, "uri too long").await;
+        }
+
         if headers_too_large(session) {
             return refuse(
                 session,

@@ -154,9 +154,12 @@ fn handshake_key(req: &RequestHeader) -> Result<String, Refusal> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     };
-    let upgrade_websocket = header("upgrade")
-        .split(',')
-        .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
+    let has_token = |name: &str, token: &str| {
+        header(name)
+            .split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case(token))
+    };
+    let upgrade_websocket = has_token("upgrade", "websocket") && has_token("connection", "upgrade");
     let key = header("sec-websocket-key").trim();
     if req.method != http::Method::GET
         || !upgrade_websocket
