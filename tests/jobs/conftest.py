@@ -2,6 +2,7 @@
 `[jobs]` and `pdf` routes, and a Celery app speaking to the same Redis B (jobs_support.py
 has the processes behind them).
 """
+import gc
 import os
 import uuid
 
@@ -73,6 +74,8 @@ def jobs_edge_factory(workdir, gunicorn, roots, jobs_db, pdf_dir):
 @pytest.fixture
 def celery_app_factory():
     """A Celery app as Django would configure it for one tenant (global_keyprefix)."""
+    apps = []
+
     def make(redis_b, tenant):
         from celery import Celery
         app = Celery("sapl", broker=redis_b.url(0), backend=redis_b.url(1))
@@ -84,5 +87,12 @@ def celery_app_factory():
             result_serializer="json",
             accept_content=["json"],
         )
+        apps.append(app)
         return app
-    return make
+
+    yield make
+    # The test's AsyncResults unsubscribe from Redis B when collected: do it while Redis B
+    # is still up (this teardown runs before redis_b's).
+    gc.collect()
+    for app in apps:
+        app.close()

@@ -7,11 +7,14 @@ their own (SAPL's schema and sample data), so tests that add rows do not disturb
 of the suite. Gunicorn and the static/media roots are the session's (tests/conftest.py).
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 import uuid
+
+import requests
 
 import servers
 from rawhttp import wait_for_port
@@ -89,7 +92,12 @@ class RedisB:
 
 
 class Worker:
-    """`sapl-renderer work` for one tenant."""
+    """`sapl-renderer work` for one tenant.
+
+    `extra` is flags and values (`"--concurrency", "1"`); a flag the suite already sets
+    (`--visibility-timeout`, say) takes the value given in `extra` instead. Each start is a
+    new process with its own log (`<name>-<run>.log`); `logs()` reads them all.
+    """
 
     def __init__(self, workdir, name, redis_b, db_name, tenant, pdf_dir, extra=()):
         self.workdir = os.path.join(workdir, name)
@@ -100,20 +108,24 @@ class Worker:
         if not os.path.exists(binary):
             raise servers.ServerFailed(
                 "sapl-renderer not found at %s: `cargo build -p sapl-renderer`" % binary)
-        self.argv = [
-            binary, "work",
-            "--tenant", tenant,
-            "--pdf-dir", pdf_dir,
-            "--broker-url", redis_b.url(0),
-            "--result-backend", redis_b.url(1),
-            "--database-url", dsn(db_name),
-            "--visibility-timeout", "2s",
-            "--retry-backoff", "200ms",
-            "--sweep-interval", "1s",
-            "--shutdown-grace", "5s",
-            "--metrics-address", "127.0.0.1:%d" % self.metrics_port,
-            *extra,
-        ]
+        options = {
+            "--tenant": tenant,
+            "--pdf-dir": pdf_dir,
+            "--broker-url": redis_b.url(0),
+            "--result-backend": redis_b.url(1),
+            "--database-url": dsn(db_name),
+            "--visibility-timeout": "2s",
+            "--retry-backoff": "200ms",
+            "--sweep-interval": "1s",
+            "--shutdown-grace": "5s",
+            "--metrics-address": "127.0.0.1:%d" % self.metrics_port,
+        }
+        extra = list(extra)
+        if len(extra) % 2:
+            raise ValueError("worker flags come in pairs: %r" % extra)
+        options.update(zip(extra[::2], extra[1::2]))
+        self.options = options
+        self.argv = [binary, "work"] + [x for pair in options.items() for x in pair]
         self.env = dict(os.environ)
         self.env.setdefault("RUST_LOG", "info")
         self.runs = 0
@@ -130,11 +142,36 @@ class Worker:
         return self
 
     def log(self):
+        """This run's log."""
         try:
             with open(self.process.log_path, "rb") as f:
                 return f.read()
         except OSError:
             return b""
+
+    def logs(self):
+        """Every run's log, oldest first, as text without terminal colours."""
+        text = []
+        for run in range(1, self.runs + 1):
+            try:
+                with open(os.path.join(self.workdir, "%s-%d.log" % (self.name, run)), "rb") as f:
+                    text.append(f.read().decode("utf-8", "replace"))
+            except OSError:
+                pass
+        return ANSI.sub("", "".join(text))
+
+    def log_lines(self, message, task_id=None):
+        """The log lines (all runs) carrying `message`, and `task_id` when given."""
+        return [line for line in self.logs().splitlines()
+                if message in line and (task_id is None or "task_id=%s" % task_id in line)]
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    def worker_id(self):
+        """The id this run announced (`<host>-<pid>-<random>`), as job records name it."""
+        return WORKER_ID.findall(ANSI.sub("", self.log().decode("utf-8", "replace")))[-1]
 
     def alive(self):
         return self.process is not None and self.process.alive()
@@ -142,6 +179,14 @@ class Worker:
     def kill(self):
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.proc.wait(10)
+
+    def terminate(self):
+        """SIGTERM, as Kubernetes stops a pod; does not wait."""
+        self.process.signal(signal.SIGTERM)
+
+    def wait_exit(self, timeout=60.0):
+        """Waits for the process to end; returns its exit status."""
+        return self.process.proc.wait(timeout)
 
     def stop(self):
         if self.process is not None:
@@ -152,6 +197,10 @@ class Worker:
         import requests
         text = requests.get("http://127.0.0.1:%d/metrics" % self.metrics_port, timeout=5).text
         return parse_metric(text, name, labels)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+WORKER_ID = re.compile(r"worker ready worker=(\S+)")
 
 
 def parse_metric(text, name, labels):
@@ -167,6 +216,44 @@ def parse_metric(text, name, labels):
         if got == want:
             return float(value)
     return 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# What a user does: ask the edge, poll the status URL, read the PDF
+# ---------------------------------------------------------------------------------------
+def base(edge):
+    return "http://127.0.0.1:%d" % edge.port
+
+
+def post(edge, path, **kw):
+    return requests.post(base(edge) + path, allow_redirects=False, timeout=30, **kw)
+
+
+def get(edge, path, **kw):
+    return requests.get(base(edge) + path, allow_redirects=False, timeout=30, **kw)
+
+
+def wait_done(edge, task_id, timeout=90):
+    """Polls the status URL until it redirects to the PDF; returns the redirect."""
+    def done():
+        r = get(edge, "/pdf/status/%s" % task_id)
+        if r.status_code == 302:
+            return r
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] != "failed", r.text
+        return None
+    return wait_until(done, timeout=timeout, step=0.2, what="job %s done" % task_id)
+
+
+def pdf_text(data):
+    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=data, capture_output=True,
+                         check=True)
+    return out.stdout.decode("utf-8")
+
+
+def materia_numero_ano(db, pk):
+    return psql(db, "SELECT numero || '/' || ano FROM materia_materialegislativa WHERE id = %d"
+                % pk)
 
 
 def dsn(db_name):
@@ -221,3 +308,34 @@ def jobs_edge_config(listen, metrics, gunicorn, roots, redis_b, db_name, tenant,
     return config
 
 
+
+
+def materia_with_tramitacoes(db_name, count):
+    """Adds a copy of matéria 1 with `count` tramitações and returns its pk.
+
+    A long history is what makes a real render slow and large (10,000 tramitações take
+    seconds and tens of megabytes in a debug build), so the fault tests can act while a
+    job is in hand without any delay built into the worker.
+    """
+    return int(psql(db_name, """
+        SELECT setval('materia_materialegislativa_id_seq',
+                      GREATEST((SELECT max(id) FROM materia_materialegislativa), 1));
+        SELECT setval('materia_tramitacao_id_seq',
+                      GREATEST((SELECT max(id) FROM materia_tramitacao), 1));
+        WITH novo AS (SELECT nextval('materia_materialegislativa_id_seq') AS id),
+        materia AS (
+          INSERT INTO materia_materialegislativa
+          SELECT (jsonb_populate_record(NULL::materia_materialegislativa, to_jsonb(m) ||
+                  jsonb_build_object('id', novo.id, 'numero', 100000 + novo.id))).*
+            FROM materia_materialegislativa m, novo WHERE m.id = 1
+          RETURNING id
+        ), tramitacoes AS (
+          INSERT INTO materia_tramitacao (materia_id, data_tramitacao,
+                 unidade_tramitacao_local_id, unidade_tramitacao_destino_id, status_id, turno,
+                 texto, urgente, timestamp, ip)
+          SELECT materia.id, DATE '1990-01-01' + g, 1, 1, 1, '',
+                 'Encaminhado para análise da comissão', false, now(), ''
+            FROM materia, generate_series(1, %d) g
+        )
+        SELECT id FROM materia;
+        """ % count).split()[-1])

@@ -7,50 +7,10 @@ and the `celery` package from PyPI. No assertion depends on timing: waits poll f
 state a user would see, with generous ceilings.
 """
 import concurrent.futures
-import json
 import os
-import subprocess
-import threading
-import time
 
-import requests
-
-from .jobs_support import QUEUE, TASK_NAME, psql, wait_until
-
-
-def base(edge):
-    return "http://127.0.0.1:%d" % edge.port
-
-
-def post(edge, path, **kw):
-    return requests.post(base(edge) + path, allow_redirects=False, timeout=30, **kw)
-
-
-def get(edge, path, **kw):
-    return requests.get(base(edge) + path, allow_redirects=False, timeout=30, **kw)
-
-
-def wait_done(edge, task_id, timeout=90):
-    """Polls the status URL until it redirects to the PDF; returns the redirect."""
-    def done():
-        r = get(edge, "/pdf/status/%s" % task_id)
-        if r.status_code == 302:
-            return r
-        assert r.status_code == 200, r.text
-        assert r.json()["state"] != "failed", r.text
-        return None
-    return wait_until(done, timeout=timeout, step=0.2, what="job %s done" % task_id)
-
-
-def pdf_text(data):
-    out = subprocess.run(["pdftotext", "-layout", "-", "-"], input=data, capture_output=True,
-                         check=True)
-    return out.stdout.decode("utf-8")
-
-
-def materia_numero_ano(db, pk):
-    return psql(db, "SELECT numero || '/' || ano FROM materia_materialegislativa WHERE id = %d"
-                % pk)
+from .jobs_support import (QUEUE, TASK_NAME, get, materia_numero_ano, pdf_text, post, psql,
+                           wait_done, wait_until)
 
 
 def materia_ids(db, n):

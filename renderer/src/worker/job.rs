@@ -120,6 +120,8 @@ pub async fn process(w: Arc<Worker>, raw: String, permit: OwnedSemaphorePermit) 
         return;
     }
     if !persist("lock", || w.broker.lock(&tid)).await {
+        // Limitation: the holder's own copy was already redelivered, so if the holder dies
+        // before finishing, no message is left and the job stays `rendering` until its TTL.
         info!(task_id = %tid, "job is being rendered by a live worker; duplicate delivery dropped");
         persist("ack", || w.broker.ack(&raw)).await;
         return;
@@ -127,8 +129,11 @@ pub async fn process(w: Arc<Worker>, raw: String, permit: OwnedSemaphorePermit) 
 
     w.in_hand.lock().await.insert(tid.clone(), raw.clone());
     run_attempts(&w, &tid, &spec, deliveries, &raw, kind).await;
+    // Acknowledged before it leaves `in_hand`: a shutdown that finds `in_hand` empty returns
+    // whatever is still in flight to the queue, and a finished job must not be among it.
+    persist("ack", || w.broker.ack(&raw)).await;
     w.in_hand.lock().await.remove(&tid);
-    finish(&w, &tid, &raw).await;
+    persist("forget", || w.broker.forget(&tid)).await;
 }
 
 /// Renders with retries until done or failed; the outcome is recorded before returning.
