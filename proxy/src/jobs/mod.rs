@@ -197,6 +197,10 @@ impl Jobs {
                 return Ask::Down;
             }
         };
+        // Jobs this edge is creating right now count against the cap too: their messages
+        // are not in the queue yet, and a burst would otherwise all read the same depth.
+        // Counted before the depth is read, so a job is in one or the other (or both).
+        let creating = Creation::start(&self.creating);
         let depth = match store::queue_depth(&mut broker, tenant).await {
             Ok(d) => d,
             Err(e) => {
@@ -206,9 +210,6 @@ impl Jobs {
             }
         };
         metrics::QUEUE_DEPTH.set(depth as i64);
-        // Jobs this edge is creating right now count against the cap too: their messages
-        // are not in the queue yet, and a burst would otherwise all read the same depth.
-        let creating = Creation::start(&self.creating);
         let full = depth + creating.ahead as u64 >= self.settings.max_queue_depth;
         let limited = !full && !self.limit.try_take(client);
         let spec = JobSpec {
