@@ -41,7 +41,7 @@ use self::auth::Authenticator;
 use self::bridge::Bridge;
 use self::hub::{GroupChange, Hub};
 
-/// What the socket service, the bridge, the poller and the proxy share.
+/// What the socket tasks, the bridge, the poller and the proxy share.
 pub struct Painel {
     pub config: PainelConfig,
     pub hub: Arc<Hub>,
