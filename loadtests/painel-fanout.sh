@@ -208,7 +208,6 @@ action = "upstream"
 
 [painel]
 redis_url = "$REDIS_URL"
-socket = "$dir/painel.sock"
 prefix = "$PREFIX"
 layer = "core"
 auth = "public"
@@ -219,10 +218,6 @@ EOF
     start "edge-$RUN" env RUST_LOG=warn "$EDGE_BIN" -c "$dir/sapl-edge.toml"
     SERVER_PID="$LAST_PID"
     wait_port "$PORT" "$SERVER_PID" || { tail -n 20 "$WORK/edge-$RUN.log"; exit 1; }
-    for _ in $(seq 1 100); do
-        [ -S "$dir/painel.sock" ] && break
-        sleep 0.05
-    done
 }
 
 # start_daphne: Daphne with the panel consumer; sets PORT, SERVER_PID.
@@ -421,8 +416,7 @@ SECTION="$WORK/section.md"
     echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
     echo "open-file limit $FD_LIMIT per process (the hard limit here; raising it needs"
     echo "CAP_SYS_RESOURCE, which this machine does not give): a server stops opening sockets"
-    echo "when its fds per socket × N reach it (see the fds column: sapl-edge holds the client's"
-    echo "TCP connection and both ends of the proxy's unix-socket hop to the panel service)."
+    echo "when its fds per socket × N reach it (see the fds column)."
     echo
     echo "Command: \`$COMMAND_LINE\`"
     echo

@@ -400,7 +400,6 @@ def edge(servers, started, port, gunicorn_socket, roots, redis_a_port, redis_b_p
         ("/var/interlegis/sapl/media", roots["media"]),
         ("/tmp/sapl-edge.pid", os.path.join(RUN, "edge.pid")),
         ("/tmp/sapl-edge-upgrade.sock", os.path.join(RUN, "edge-upgrade.sock")),
-        ("/tmp/sapl-edge-painel.sock", os.path.join(RUN, "edge-painel.sock")),
         ("redis://redis-a:6379/", "redis://127.0.0.1:%d/" % redis_a_port),
     ]
     for old, new in replacements:
@@ -433,10 +432,8 @@ def edge(servers, started, port, gunicorn_socket, roots, redis_a_port, redis_b_p
     process = servers.ManagedProcess("sapl-edge", [binary, "-c", conf], RUN, env=env).start()
     handle = Managed("sapl-edge", process, timeout=20)
     started.append(handle)
-    painel_sock = settings.get("painel", {}).get("socket")
     deadline = time.monotonic() + 30
-    while not (servers.wait_for_port("127.0.0.1", port, 0.2, process.alive)
-               and (painel_sock is None or os.path.exists(painel_sock))):
+    while not servers.wait_for_port("127.0.0.1", port, 0.2, process.alive):
         if not process.alive():
             raise process.failure("exited during start-up")
         if time.monotonic() > deadline:

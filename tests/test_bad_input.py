@@ -157,3 +157,33 @@ def test_bytes_after_the_declared_body_are_never_part_of_it(proxy, gunicorn):
     assert methods[outer] == "POST"
     assert methods.get(pipelined, "GET") == "GET"
     assert_still_serving(proxy)
+
+
+def test_a_target_that_is_not_a_path_is_refused_not_routed_as_slash(proxy, gunicorn):
+    # "wp-login.php" parses as an authority, whose path would be "/": the probe rules and
+    # the route table would never see it.
+    response, _ = rawhttp.request(
+        proxy.host, proxy.port,
+        b"GET wp-login.php HTTP/1.1\r\nHost: sapl.test\r\nConnection: close\r\n\r\n")
+    assert response.status == 400
+    assert_still_serving(proxy)
+
+
+def test_a_request_line_over_8_kib_is_414(proxy, gunicorn):
+    target = unique("long") + "?q=" + "a" * 9000
+    response, _ = rawhttp.request(proxy.host, proxy.port, rawhttp.build("GET", target))
+    assert response.status == 414
+    assert not any(p.startswith(target[:40]) for p in paths_django_saw(gunicorn))
+    assert_still_serving(proxy)
+
+
+def test_a_malformed_chunk_is_the_clients_error(proxy, gunicorn):
+    target = unique("bad-chunk")
+    raw = (
+        "POST %s HTTP/1.1\r\nHost: sapl.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "zz\r\nhello\r\n0\r\n\r\n" % target
+    ).encode()
+    response, _ = rawhttp.request(proxy.host, proxy.port, raw)
+    assert response.status == 400
+    assert target not in paths_django_saw(gunicorn)
+    assert_still_serving(proxy)

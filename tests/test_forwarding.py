@@ -228,3 +228,21 @@ def test_edge_exposes_health_and_prometheus_metrics_on_its_own_listener(edge):
     metrics = rawhttp.fetch(Metrics, "GET", "/metrics")
     assert metrics.status == 200
     assert b"sapl_edge_" in metrics.body
+
+
+def test_header_names_with_underscores_never_reach_django(proxy):
+    # WSGI turns `-` and `_` alike into HTTP_X_FORWARDED_PROTO: an underscored twin would
+    # join the real header's value. nginx drops such names (underscores_in_headers off).
+    _, seen = echo(proxy, headers=[("X_Forwarded_Proto", "https"), ("X_Real_IP", "10.9.9.9")])
+    if proxy.kind == "edge":
+        assert seen["headers"]["HTTP_X_FORWARDED_PROTO"] == "http"
+        assert seen["is_secure"] is False
+    else:
+        assert "https" not in seen["headers"].get("HTTP_X_FORWARDED_PROTO", "")
+    assert "HTTP_X_REAL_IP" not in seen["headers"]
+
+
+@pytest.mark.edge_only
+def test_gunicorn_does_not_name_itself_to_clients(edge):
+    response, _ = echo(edge)
+    assert response.get("Server") == "sapl-edge"

@@ -75,10 +75,8 @@ def painel_edge(workdir, gunicorn, roots, redis_server, sapl_db):
         "regex": "^/ws/painel/(?P<sessao_id>[0-9]+)/$",
         "action": "websocket",
     })
-    socket_path = os.path.join(workdir, "painel-browser.sock")
     config["painel"] = {
         "redis_url": "redis://127.0.0.1:%d/2" % redis_server.port,
-        "socket": socket_path,
         "prefix": PREFIX,
         "layer": "core",
         "auth": "django",
@@ -91,12 +89,6 @@ def painel_edge(workdir, gunicorn, roots, redis_server, sapl_db):
         SECRET_KEY=gunicorn.process.env["SECRET_KEY"],
     )
     server.start()
-    # The panel service listens on its own unix socket, a moment after the HTTP port.
-    deadline = time.monotonic() + servers.START_TIMEOUT
-    while not os.path.exists(socket_path):
-        if not server.process.alive() or time.monotonic() > deadline:
-            raise server.process.failure("did not open %s" % socket_path)
-        time.sleep(0.05)
     server.base = "http://127.0.0.1:%d" % listen
     yield server
     server.stop()

@@ -84,7 +84,13 @@ async fn read_body(
     let mut memory = BytesMut::new();
     let mut spool: Option<(tokio::fs::File, u64)> = None;
 
-    while let Some(chunk) = session.read_request_body().await? {
+    // A read fault is the client's (a malformed chunk → 400, a stalled body → 408), never
+    // the edge's 500.
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?
+    {
         let total = memory.len() as u64 + spool.as_ref().map_or(0, |s| s.1) + chunk.len() as u64;
         if total > limit {
             return Err(ReadFault::TooLarge);

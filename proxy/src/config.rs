@@ -213,12 +213,10 @@ pub enum Action {
     Pdf(crate::jobs::settings::PdfRoute),
 }
 
-/// The voting panel's WebSockets (`[painel]`): where the edge terminates them, how it
-/// joins Django's channel layer on Redis A, and how it checks who may watch.
+/// The voting panel's WebSockets (`[painel]`): how the edge joins Django's channel layer
+/// on Redis A, and how it checks who may watch.
 #[derive(Debug, Clone)]
 pub struct Painel {
-    /// The unix socket of the WebSocket service; `websocket` routes are proxied to it.
-    pub socket: PathBuf,
     /// The Channels group of a sessão, e.g. `painel_{sessao_id}`.
     pub group_template: String,
     /// channels_redis `prefix`: per tenant, equal to Django's `CHANNEL_LAYERS` prefix. Every
@@ -333,21 +331,46 @@ impl Source<'_> {
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let line = e.span().map(|s| self.line_of(s.start)).unwrap_or(1);
-        let message = e.message().to_string();
-        // toml names the offending key inside its message ("unknown field `x`"); the key
-        // column repeats the line's own key so ops see what the line was about.
-        let key = e
-            .span()
-            .and_then(|s| self.text[s.start.min(self.text.len())..].lines().next())
-            .and_then(|l| l.split('=').next())
-            .map(|k| k.trim().trim_matches(['[', ']']).to_string())
-            .unwrap_or_default();
+        let offset = e.span().map_or(0, |s| s.start.min(self.text.len()));
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
-            line,
-            key,
-            message,
+            line: self.line_of(offset),
+            key: self.key_at(offset),
+            message: e.message().to_string(),
+        }
+    }
+
+    /// The dotted key of the line holding `offset`, for errors toml reports by position:
+    /// `threads = -1` under `[server]` is `server.threads`; a table header names its table.
+    fn key_at(&self, offset: usize) -> String {
+        let table_name = |header: &str| {
+            header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[start..].lines().next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            return table_name(line);
+        }
+        let table = self.text[..start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(table_name);
+        let name = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string());
+        match (table, name) {
+            (Some(t), Some(n)) if !t.is_empty() => format!("{t}.{n}"),
+            (_, Some(n)) => n,
+            (Some(t), None) if !t.is_empty() => t,
+            _ => "(top level)".to_string(),
         }
     }
 
@@ -632,7 +655,6 @@ struct RawRoute {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPainel {
-    socket: Option<PathBuf>,
     group_template: Option<Spanned<String>>,
     prefix: Option<Spanned<String>>,
     #[serde(default = "default_namespace_env")]
@@ -822,10 +844,6 @@ impl RawPainel {
         };
 
         Ok(Painel {
-            socket: self
-                .socket
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/tmp/sapl-edge-painel.sock")),
             group_template,
             prefix,
             redis_url: url.clone(),
@@ -890,6 +908,15 @@ impl RawConfig {
             },
             spool_dir: self.body.spool_dir.unwrap_or_else(std::env::temp_dir),
         };
+
+        let cors_at = here.text.find("[cors]").unwrap_or(0);
+        for (value, key) in [
+            (&self.cors.allow_origin, "cors.allow_origin"),
+            (&self.cors.allow_methods, "cors.allow_methods"),
+            (&self.cors.allow_headers, "cors.allow_headers"),
+        ] {
+            header_value(value, key, cors_at..cors_at, here)?;
+        }
 
         if *self.gzip.level.get_ref() > 9 {
             return Err(here.invalid(self.gzip.level.span(), "gzip.level", "must be 0 to 9"));
@@ -988,6 +1015,22 @@ impl RawConfig {
     }
 }
 
+/// A value the edge will send as a header: no line breaks or control characters.
+fn header_value(
+    value: &str,
+    key: &str,
+    span: Range<usize>,
+    here: &Source,
+) -> Result<(), ConfigError> {
+    http::HeaderValue::from_str(value).map(|_| ()).map_err(|_| {
+        here.invalid(
+            span,
+            key,
+            "not a valid header value (line break or control character)",
+        )
+    })
+}
+
 fn validate_listeners(
     raw: &Spanned<Vec<RawListener>>,
     here: &Source,
@@ -995,8 +1038,18 @@ fn validate_listeners(
     if raw.get_ref().is_empty() {
         return Err(here.invalid(raw.span(), "listener", "at least one listener is needed"));
     }
-    let mut listeners = Vec::new();
+    let mut listeners: Vec<Listener> = Vec::new();
     for l in raw.get_ref() {
+        if listeners
+            .iter()
+            .any(|seen| &seen.address == l.address.get_ref())
+        {
+            return Err(here.invalid(
+                l.address.span(),
+                "listener.address",
+                format!("`{}` is listed twice", l.address.get_ref()),
+            ));
+        }
         if l.address.get_ref().parse::<std::net::SocketAddr>().is_err() {
             return Err(here.invalid(
                 l.address.span(),
@@ -1030,6 +1083,13 @@ impl RawUpstream {
     fn validate(&self, here: &Source) -> Result<Upstream, ConfigError> {
         let text = self.address.get_ref();
         let address = if let Some(path) = text.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(here.invalid(
+                    self.address.span(),
+                    "upstream.address",
+                    format!("`{text}`: a unix socket needs an absolute path (\"unix:/run/gunicorn.sock\")"),
+                ));
+            }
             UpstreamAddress::Unix(PathBuf::from(path))
         } else if text.parse::<std::net::SocketAddr>().is_ok() {
             UpstreamAddress::Tcp(text.clone())
@@ -1056,6 +1116,12 @@ impl RawUpstream {
 impl RawRoute {
     fn validate(&self, here: &Source) -> Result<Route, ConfigError> {
         let name = self.name.get_ref().clone();
+        if name.trim().is_empty() {
+            return Err(here.invalid(self.name.span(), "route.name", "must not be empty"));
+        }
+        if let Some(value) = &self.cache_control {
+            header_value(value, "route.cache_control", self.name.span(), here)?;
+        }
         let matcher = match (&self.prefix, &self.regex) {
             (Some(prefix), None) if prefix.get_ref().starts_with('/') => {
                 Matcher::Prefix(prefix.get_ref().clone())
@@ -1567,7 +1633,17 @@ impl RawJobs {
                     .map_err(|e| here.invalid(t.span(), "jobs.tenant", e.to_string()))?;
                 Some(t.get_ref().clone())
             }
-            None => sapl_jobs::keys::tenant_from_env(),
+            None => match sapl_jobs::keys::tenant_from_env() {
+                // A namespace that cannot name keys would leave the PDF jobs off at start.
+                Some(name) => {
+                    let at = here.text.find("[jobs]").unwrap_or(0);
+                    sapl_jobs::Tenant::new(&name, "q").map_err(|e| {
+                        here.invalid(at..at, "jobs.tenant", format!("from $POD_NAMESPACE: {e}"))
+                    })?;
+                    Some(name)
+                }
+                None => None,
+            },
         };
         let pdf_url = match &self.pdf_url {
             Some(u) if u.get_ref().starts_with('/') && u.get_ref().ends_with('/') => {
@@ -1704,6 +1780,53 @@ action = "upstream"
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("edge.toml:13:"), "{err}");
         assert!(err.contains("cache_controll"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_and_wrong_type_name_their_table() {
+        let text = MINIMAL.replace("cache_control", "cache_controll");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("edge.toml:13: route.cache_controll:"),
+            "{err}"
+        );
+
+        let text = format!("{MINIMAL}\n[server]\nthreads = -1   # one CPU\n");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("edge.toml:21: server.threads:"), "{err}");
+        assert!(!err.contains("one CPU"), "{err}");
+    }
+
+    #[test]
+    fn values_that_would_fail_at_run_time_are_refused() {
+        let err = parse(&MINIMAL.replace("unix:/run/gunicorn.sock", "unix:"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("edge.toml:6: upstream.address:"), "{err}");
+
+        let twice = MINIMAL.replace(
+            "[upstream]",
+            "[[listener]]\naddress = \"127.0.0.1:8080\"\n\n[upstream]",
+        );
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(err.contains("listener.address"), "{err}");
+        assert!(err.contains("listed twice"), "{err}");
+
+        let header = MINIMAL.replace("max-age=5400", "max-age=5400\\r\\nX-Evil: 1");
+        let err = parse(&header).unwrap_err().to_string();
+        assert!(err.contains("route.cache_control"), "{err}");
+
+        let unnamed = MINIMAL.replace("name = \"static\"", "name = \"\"");
+        let err = parse(&unnamed).unwrap_err().to_string();
+        assert!(err.starts_with("edge.toml:9: route.name:"), "{err}");
+    }
+
+    #[test]
+    fn broken_syntax_names_a_line_and_never_an_empty_key() {
+        let text = MINIMAL.replace("[upstream]", "[upstream");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("edge.toml:"), "{err}");
+        assert!(!err.contains(": :"), "{err}");
     }
 
     #[test]

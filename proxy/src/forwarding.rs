@@ -54,6 +54,18 @@ pub fn upstream_request(
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     remove_hop_by_hop(req, is_upgrade);
 
+    // nginx's `underscores_in_headers off`: `X_Forwarded_Proto` would reach Django as
+    // HTTP_X_FORWARDED_PROTO beside the real one (WSGI maps `_` and `-` alike).
+    let underscored: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        req.remove_header(&name);
+    }
+
     let trusted = peer.is_some_and(|ip| config.forwarding.is_trusted(ip));
 
     if let Some(ip) = peer {

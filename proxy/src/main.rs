@@ -22,6 +22,11 @@ mod routes;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Bytes Pingora buffers when reading a client connection (its default is 64 KiB); none:
+/// request heads are read into Pingora's own header buffer and bodies into body buffers,
+/// so this one would only copy bytes twice.
+const CONNECTION_READ_BUFFER: usize = 0;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,11 +34,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use clap::Parser;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::{filter, fmt, prelude::*, EnvFilter};
 
 use crate::config::Config;
@@ -80,6 +87,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
+        for warning in start_warnings(&config) {
+            eprintln!("sapl-edge: warning: {warning}");
+        }
         println!(
             "sapl-edge: configuration file {} test is successful",
             cli.config.display()
@@ -88,6 +98,38 @@ fn main() -> ExitCode {
     }
 
     run(cli, config)
+}
+
+/// What a valid configuration will run without, for lack of an environment variable: the
+/// edge starts all the same (and logs the same at start), but `--test` says it up front.
+fn start_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(jobs) = &config.jobs {
+        if jobs.broker_url.is_none() {
+            warnings.push(
+                "[jobs] has no broker URL (broker_url or $CELERY_BROKER_URL): legacy report \
+                 links will go to Django and the PDF API will answer 503"
+                    .to_string(),
+            );
+        }
+        if jobs.tenant.is_none() {
+            warnings.push(
+                "[jobs] has no tenant (tenant or $POD_NAMESPACE): PDF jobs will be off".to_string(),
+            );
+        }
+    }
+    if let Some(painel) = &config.painel {
+        if let config::PainelAuth::Django { database_url, .. } = &painel.auth {
+            if database_url.is_none() {
+                warnings.push(
+                    "[painel] auth = \"django\" without a database URL: every panel socket \
+                     will be closed 1011"
+                        .to_string(),
+                );
+            }
+        }
+    }
+    warnings
 }
 
 /// Access lines (target `access`) go to stdout, everything else to stderr, as nginx's
@@ -133,6 +175,12 @@ fn run(cli: Cli, config: Config) -> ExitCode {
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
     server.bootstrap();
+    // Pingora writes the pid file only when it daemonizes. Written after `bootstrap`, which
+    // in an upgrade waits for the old process's listeners, so until the hand-over the file
+    // still names the old process (the one `kill -QUIT "$(cat pid_file)"` must reach).
+    if let Err(e) = std::fs::write(&config.server.pid_file, format!("{}\n", std::process::id())) {
+        warn!(path = %config.server.pid_file.display(), error = %e, "pid file not written");
+    }
 
     let live = Arc::new(ArcSwap::from_pointee(Runtime::new(config.clone())));
 
@@ -162,7 +210,13 @@ fn run(cli: Cli, config: Config) -> ExitCode {
             edge,
             &format!("edge {}", listener.address),
         );
-        service.add_tcp(&listener.address);
+        // Pingora reads each connection through a 64 KiB buffer of its own, zeroed (so
+        // resident) from the start: with thousands of idle panel sockets that alone was most
+        // of the edge's memory (loadtests/RESULTS.md measures both).
+        service.add_listener(
+            ListenerConfig::tcp(listener.address.as_str())
+                .l4_buffer(L4BufferSettings::default().read(CONNECTION_READ_BUFFER)),
+        );
         server.add_service(service);
         info!(address = %listener.address, proto = %listener.proto, "listener ready");
     }

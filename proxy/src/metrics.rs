@@ -151,6 +151,17 @@ pub fn init() {
     LazyLock::force(&BLOCKLIST_FAIL_OPEN);
     LazyLock::force(&BLOCKLIST_REFRESHES);
     LazyLock::force(&BLOCKLIST_PREFIXES);
+
+    // Series that alerts watch start at 0, so the first event is an increase.
+    for fault in ["connect", "timeout", "other"] {
+        UPSTREAM_ERRORS.with_label_values(&[fault]);
+    }
+    for result in ["ok", "error"] {
+        CONFIG_RELOADS.with_label_values(&[result]);
+    }
+    for cause in ["error", "timeout"] {
+        BLOCKLIST_FAIL_OPEN.with_label_values(&[cause]);
+    }
 }
 
 /// The metrics listener's application: `/metrics`, `/healthz`, `/readyz`.

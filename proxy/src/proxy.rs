@@ -160,6 +160,17 @@ impl ProxyHttp for EdgeProxy {
             .await;
         }
 
+        // RFC 9112 3.2: origin-form ("/path") or absolute-form; `http` would read an
+        // authority-form "wp-login.php" as the path "/" and route it past every rule.
+        let target = session.req_header().raw_path();
+        let absolute = session.req_header().uri.scheme().is_some();
+        if !absolute && !target.starts_with(b"/") {
+            return refuse(session, ctx, StatusCode::BAD_REQUEST, "bad request target").await;
+        }
+        if target.len() > MAX_HEADER_LINE {
+            return refuse(session, ctx, StatusCode::URI_TOO_LONG, "uri too long").await;
+        }
+
         if headers_too_large(session) {
             return refuse(
                 session,
@@ -220,15 +231,21 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Action::WebSocket => {
+                let Some(painel) = self.painel.as_ref() else {
+                    return refuse(session, ctx, StatusCode::NOT_FOUND, "no [painel]").await;
+                };
                 if !session.is_upgrade_req() {
                     return refuse(session, ctx, StatusCode::BAD_REQUEST, "not a websocket").await;
                 }
-                // The socket service pings every client, so a socket idle for longer than
-                // this is dead; the 60 s default would cut quiet panels.
-                if let Some(painel) = &runtime.config.painel {
-                    session.set_read_timeout(Some(crate::painel::idle_timeout(painel)));
+                match crate::painel::socket::upgrade(painel, session, ctx.client, &ctx.request_id)
+                    .await?
+                {
+                    Ok(()) => {
+                        ctx.local_status = Some(101);
+                        Ok(true)
+                    }
+                    Err((status, reason)) => refuse(session, ctx, status, reason).await,
                 }
-                Ok(false)
             }
             Action::PainelDados
                 if self.painel.is_some() && session.req_header().method == http::Method::GET =>
@@ -287,10 +304,13 @@ impl ProxyHttp for EdgeProxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        // As nginx does (`proxy_hide_header` by default): the client learns which proxy
+        // answered, not Gunicorn's name and version.
+        upstream_response.insert_header("Server", "sapl-edge")?;
         Ok(())
     }
 
@@ -485,9 +505,6 @@ async fn refuse(
 
 /// The peer for Gunicorn, with the route's timeouts over the upstream's.
 pub fn upstream_peer(config: &Config, route: Option<&Route>) -> Result<Box<HttpPeer>> {
-    if let (Some(painel), Some(Action::WebSocket)) = (&config.painel, route.map(|r| &r.action)) {
-        return crate::painel::socket_peer(painel);
-    }
     let upstream = &config.upstream;
     let mut peer = match &upstream.address {
         UpstreamAddress::Unix(path) => {

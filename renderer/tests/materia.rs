@@ -379,3 +379,32 @@ async fn fingerprint_muda_quando_os_dados_mudam() {
         .await;
     assert_ne!(antes, fingerprint(&db.client, &etiqueta).await.expect("fp"));
 }
+
+/// A PDF viewer's "created" field shows when the report was made, not 1970.
+#[tokio::test]
+async fn o_pdf_traz_a_data_em_que_foi_gerado() {
+    let db = TestDb::new().await;
+    let pdf = db
+        .pdf(ReportKind::MateriaTramitacao, pk(1), Leitor::Anonymous)
+        .await;
+    let arquivo = std::env::temp_dir().join(format!("sapl-data-{}.pdf", std::process::id()));
+    std::fs::write(&arquivo, &pdf).expect("PDF written");
+    let saida = std::process::Command::new("pdfinfo")
+        .arg("-isodates")
+        .arg(&arquivo)
+        .output()
+        .expect("pdfinfo runs");
+    let _ = std::fs::remove_file(&arquivo);
+    let info = String::from_utf8_lossy(&saida.stdout);
+    let criado = info
+        .lines()
+        .find_map(|l| l.strip_prefix("CreationDate:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    let hoje = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        criado.starts_with(&hoje),
+        "CreationDate {criado:?}, today {hoje}"
+    );
+}

@@ -203,6 +203,34 @@ def test_queue_cap_refuses_new_jobs(redis_b, tenant, jobs_edge_factory, gunicorn
     assert gunicorn.pdf_hits() == hits_before
 
 
+def post_together(edge, pks):
+    """Asks for the etiqueta of every matéria in `pks` at once; the statuses, in order."""
+    pks = list(pks)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(pks)) as pool:
+        return list(pool.map(
+            lambda pk: post(edge, "/pdf/etiqueta-materia/%d" % pk).status_code, pks))
+
+
+def test_queue_cap_holds_when_requests_arrive_together(redis_b, tenant, jobs_edge_factory):
+    # A crawler asking for many distinct reports at once: every request reads the queue
+    # depth before any of them has enqueued.
+    edge = jobs_edge_factory(redis_b, tenant, max_queue_depth=8)
+    statuses = post_together(edge, range(1, 21))
+    assert statuses.count(202) == 8, statuses
+    assert statuses.count(503) == 12, statuses
+    assert redis_b.client(0).llen("%s:%s" % (tenant, QUEUE)) == 8
+
+
+def test_per_ip_new_job_limit_holds_when_requests_arrive_together(redis_b, tenant,
+                                                                  jobs_edge_factory):
+    edge = jobs_edge_factory(redis_b, tenant, new_jobs_per_ip=3)
+    statuses = post_together(edge, range(1, 11))
+    assert statuses.count(202) == 3, statuses
+    assert statuses.count(429) == 7, statuses
+    # Joining one of those jobs costs nothing.
+    assert post(edge, "/pdf/etiqueta-materia/%d" % (statuses.index(202) + 1)).status_code == 202
+
+
 def test_per_ip_new_job_limit(redis_b, tenant, jobs_edge_factory):
     edge = jobs_edge_factory(redis_b, tenant, new_jobs_per_ip=2)
     assert post(edge, "/pdf/etiqueta-materia/1").status_code == 202

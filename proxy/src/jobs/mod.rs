@@ -26,6 +26,7 @@ pub mod settings;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -59,6 +60,8 @@ pub struct Jobs {
     pub fingerprints: Fingerprints,
     pub waiters: Arc<Waiters>,
     pub limit: NewJobLimit,
+    /// Requests of this edge between reading the queue depth and enqueueing.
+    creating: AtomicUsize,
     /// The producer name written in messages (`sapl-edge@<host>`).
     pub origin: String,
 }
@@ -102,6 +105,7 @@ pub fn start(config: &Config, server: &mut Server) {
         fingerprints: Fingerprints::new(settings.database_url.clone(), settings.fingerprint_cache),
         waiters: Arc::new(Waiters::default()),
         limit: NewJobLimit::new(settings.new_jobs_per_ip),
+        creating: AtomicUsize::new(0),
         origin: format!("sapl-edge@{host}"),
         tenant,
         settings,
@@ -193,6 +197,10 @@ impl Jobs {
                 return Ask::Down;
             }
         };
+        // Jobs this edge is creating right now count against the cap too: their messages
+        // are not in the queue yet, and a burst would otherwise all read the same depth.
+        // Counted before the depth is read, so a job is in one or the other (or both).
+        let creating = Creation::start(&self.creating);
         let depth = match store::queue_depth(&mut broker, tenant).await {
             Ok(d) => d,
             Err(e) => {
@@ -202,8 +210,8 @@ impl Jobs {
             }
         };
         metrics::QUEUE_DEPTH.set(depth as i64);
-        let full = depth >= self.settings.max_queue_depth;
-        let limited = !self.limit.allows(client);
+        let full = depth + creating.ahead as u64 >= self.settings.max_queue_depth;
+        let limited = !full && !self.limit.try_take(client);
         let spec = JobSpec {
             kind: req.kind.as_str().to_string(),
             id: req.id.to_string(),
@@ -230,11 +238,14 @@ impl Jobs {
                 outcome = store::enqueue(&mut broker, &mut results, tenant, &spec, fp, &opts).await;
             }
         }
+        drop(creating);
         metrics::ENQUEUE_SECONDS.observe(started.elapsed().as_secs_f64());
+        if !full && !limited && !matches!(outcome, Ok(Enqueued::Created { .. })) {
+            self.limit.give_back(client);
+        }
         let kind = req.kind.as_str();
         match outcome {
             Ok(Enqueued::Created { task_id }) => {
-                self.limit.record(client);
                 metrics::ENQUEUED.with_label_values(&[kind]).inc();
                 Ask::Job {
                     task_id,
@@ -264,5 +275,25 @@ impl Jobs {
                 Ask::Down
             }
         }
+    }
+}
+
+/// One request's place among those about to create a job (see `Jobs::ask`).
+struct Creation<'a> {
+    counter: &'a AtomicUsize,
+    /// How many were already creating when this one started.
+    ahead: usize,
+}
+
+impl<'a> Creation<'a> {
+    fn start(counter: &'a AtomicUsize) -> Creation<'a> {
+        let ahead = counter.fetch_add(1, Ordering::SeqCst);
+        Creation { counter, ahead }
+    }
+}
+
+impl Drop for Creation<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -67,7 +67,7 @@ struct Inner {
     total: usize,
 }
 
-/// The registry shared by the socket service, the bridge and the poller.
+/// The registry shared by the socket tasks, the bridge and the poller.
 pub struct Hub {
     inner: Mutex<Inner>,
     next_id: AtomicU64,

@@ -104,4 +104,7 @@ pub fn init() {
     LazyLock::force(&BRIDGE_LAG);
     LazyLock::force(&BRIDGE_ERRORS);
     LazyLock::force(&POLLS);
+    for cause in ["redis", "decode"] {
+        BRIDGE_ERRORS.with_label_values(&[cause]);
+    }
 }

@@ -5,8 +5,8 @@
 //! `/ws/painel/<sessao_id>/`, checks the viewer against PostgreSQL, and relays each group
 //! message to every socket of that sessão.
 //!
-//! - [`socket`]: one WebSocket session (handshake, admission, hygiene) on the internal
-//!   unix socket the proxy routes `websocket` routes to;
+//! - [`socket`]: one WebSocket session (handshake, admission, hygiene), taken over from
+//!   the proxy's HTTP session of a `websocket` route;
 //! - [`auth`]: Django session and permission check;
 //! - [`hub`]: the sockets of this process by group, caps and fan-out;
 //! - [`bridge`]: channels_redis core and pub/sub layers;
@@ -26,13 +26,12 @@ pub mod snapshot;
 pub mod socket;
 pub mod wire;
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, warn};
 
 use crate::config::{Painel as PainelConfig, PainelAuth};
@@ -42,7 +41,7 @@ use self::auth::Authenticator;
 use self::bridge::Bridge;
 use self::hub::{GroupChange, Hub};
 
-/// What the socket service, the bridge, the poller and the proxy share.
+/// What the socket tasks, the bridge, the poller and the proxy share.
 pub struct Painel {
     pub config: PainelConfig,
     pub hub: Arc<Hub>,
@@ -50,6 +49,8 @@ pub struct Painel {
     pub auth: Authenticator,
     pub live: Live,
     pub poll: poll::PollResults,
+    /// Turns true when the edge shuts down: every socket closes with a retryable code.
+    pub closing: watch::Sender<bool>,
     changes: Mutex<Option<mpsc::UnboundedReceiver<GroupChange>>>,
 }
 
@@ -100,6 +101,7 @@ impl Painel {
             auth,
             live,
             poll: poll::PollResults::default(),
+            closing: watch::Sender::new(false),
             changes: Mutex::new(Some(changes)),
         }))
     }
@@ -130,6 +132,14 @@ impl BackgroundService for PainelBackground {
             error!("painel: background service started twice");
             return;
         };
+        // Sockets run in the proxy's tasks: tell them when the server shuts down.
+        let mut server_shutdown = shutdown.clone();
+        let painel = self.painel.clone();
+        tokio::spawn(async move {
+            let _ = server_shutdown.changed().await;
+            painel.closing.send_replace(true);
+        });
+
         let poller = self
             .painel
             .config
@@ -143,45 +153,15 @@ impl BackgroundService for PainelBackground {
     }
 }
 
-/// Adds the WebSocket listening service (on `[painel] socket`) and the bridge to Pingora.
+/// Adds the panel's bridge and poller to Pingora (the sockets themselves live in the proxy).
 pub fn add_services(server: &mut pingora::server::Server, painel: &Arc<Painel>) {
-    let path = painel.config.socket.to_string_lossy().into_owned();
-    // A socket file left by a killed process would make the bind fail.
-    let _ = std::fs::remove_file(&path);
-    let mut service = pingora::services::listening::Service::new(
-        "painel websockets".to_string(),
-        socket::PainelApp {
-            painel: painel.clone(),
-        },
-    );
-    // Only the edge's own proxy connects here.
-    service.add_uds(&path, Some(std::fs::Permissions::from_mode(0o600)));
-    server.add_service(service);
     server.add_service(pingora::services::background::background_service(
         "painel bridge",
         PainelBackground {
             painel: painel.clone(),
         },
     ));
-    tracing::info!(socket = %path, prefix = %painel.config.prefix, "painel websockets ready");
-}
-
-/// The peer the proxy forwards `websocket` routes to: the socket service.
-pub fn socket_peer(config: &PainelConfig) -> pingora::Result<Box<pingora::prelude::HttpPeer>> {
-    let mut peer = pingora::prelude::HttpPeer::new_uds(
-        &config.socket.to_string_lossy(),
-        false,
-        String::new(),
-    )?;
-    peer.options.connection_timeout = Some(std::time::Duration::from_secs(5));
-    peer.options.read_timeout = Some(idle_timeout(config));
-    Ok(Box::new(peer))
-}
-
-/// How long an upgraded panel socket may stay silent before the proxy drops it: two rounds
-/// of ping and pong timeout, so only a dead socket ever reaches it.
-pub fn idle_timeout(config: &PainelConfig) -> std::time::Duration {
-    (config.ping_interval + config.pong_timeout) * 2
+    tracing::info!(prefix = %painel.config.prefix, "painel websockets ready");
 }
 
 /// The `sessao_id` a panel route's regex captured from `path`.

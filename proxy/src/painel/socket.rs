@@ -1,10 +1,13 @@
-//! One panel WebSocket, from handshake to close, on the edge's internal unix socket.
+//! One panel WebSocket, from handshake to close, ended in the edge itself.
 //!
-//! The proxy routes `websocket` routes here (see `proxy.rs`); this Pingora listening
-//! service gets the raw stream and completes the upgrade with tokio-tungstenite. In order:
-//! the route and its `sessao_id`, the `Origin` check (403 for a foreign site), the caps
-//! (503), then after the 101 the session and permission check (close 4401/4403/4404),
-//! joining the sessão's group, the snapshot, and the message loop.
+//! The proxy hands `websocket` routes here (see `proxy.rs`). In order: the route and its
+//! `sessao_id`, the handshake headers (400), the `Origin` check (403 for a foreign site), the
+//! caps (503); then the edge writes the 101 on the client's own connection, takes that
+//! connection out of Pingora's HTTP session and runs the socket in a task of its own with
+//! tokio-tungstenite: the session and permission check (close 4401/4403/4404), joining the
+//! sessão's group, the snapshot, and the message loop. No second connection and no proxy
+//! buffers stand between the client and the socket, so an idle panel costs one file
+//! descriptor and a few KiB.
 //!
 //! Hygiene in the loop: the server pings every `ping_interval` and closes a socket silent
 //! for `ping_interval + pong_timeout`; `{"type":"ping"}` is answered `{"type":"pong"}`;
@@ -13,19 +16,22 @@
 //! with 1013 and a shutdown closes every socket with 1012: both are codes SAPL's pages
 //! retry at once, so viewers move to a healthy edge without a "conexão perdida" pause.
 
+use std::io::Cursor;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
-use http::StatusCode;
-use pingora::apps::ServerApp;
+use http::{HeaderMap, StatusCode};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::ServerSession as HttpSession;
 use pingora::protocols::Stream;
+use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
@@ -64,62 +70,129 @@ struct Handshake {
     slot: Slot,
 }
 
-/// The listening service's application.
-pub struct PainelApp {
-    pub painel: Arc<Painel>,
+/// Why a socket was not opened: the status answered and the reason logged.
+pub type Refusal = (StatusCode, &'static str);
+
+/// Ends the request of a `websocket` route: on success the 101 has been written, the
+/// client's connection belongs to a socket task, and the session left to Pingora is a
+/// closed stand-in carrying the same request (for the access log). `client` is the real
+/// client address, which the per-address cap counts.
+pub async fn upgrade(
+    painel: &Arc<Painel>,
+    session: &mut Session,
+    client: Option<IpAddr>,
+    request_id: &str,
+) -> pingora::Result<Result<(), Refusal>> {
+    let req = session.req_header();
+    let key = match handshake_key(req) {
+        Ok(key) => key,
+        Err(refusal) => {
+            metrics::AUTH.with_label_values(&[refusal.1]).inc();
+            return Ok(Err(refusal));
+        }
+    };
+    let handshake = match admit(painel, req.uri.path(), &req.headers, client) {
+        Ok(h) => h,
+        Err(refusal) => {
+            metrics::AUTH.with_label_values(&[refusal.1]).inc();
+            return Ok(Err(refusal));
+        }
+    };
+
+    // A closed stand-in takes the client's place in Pingora's session: it reads back the
+    // same request, so logging sees it, and ends without keep-alive.
+    let mut stand_in = HttpSession::new_http1(Box::new(Cursor::new(request_head(req))));
+    stand_in.read_request().await?;
+    stand_in.set_keepalive(None);
+    let taken = std::mem::replace(&mut *session.downstream_session, stand_in);
+    let mut stream: Stream = match taken {
+        HttpSession::H1(h1) => h1.into_inner(),
+        other => {
+            // Only HTTP/1.1 upgrades reach here (`is_upgrade_req`); put it back untouched.
+            *session.downstream_session = other;
+            return Ok(Err((StatusCode::BAD_REQUEST, "bad_handshake")));
+        }
+    };
+
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\nX-Request-ID: {request_id}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    let written = async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.flush().await
+    };
+    if let Err(e) = written.await {
+        debug!(error = %e, "painel: client left during the handshake");
+        return Ok(Ok(()));
+    }
+
+    let config = WebSocketConfig::default()
+        // Small buffers keep an idle socket cheap: viewers send only pings, and a larger
+        // message is read in several chunks.
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(painel.config.max_message_size))
+        .max_frame_size(Some(painel.config.max_message_size));
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+    tokio::spawn(run_session(
+        painel.clone(),
+        ws,
+        handshake,
+        painel.closing.subscribe(),
+    ));
+    Ok(Ok(()))
 }
 
-#[async_trait]
-impl ServerApp for PainelApp {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let painel = self.painel.clone();
-        let config = WebSocketConfig::default()
-            // Small buffers keep an idle socket cheap; panel messages are a few KiB.
-            .read_buffer_size(4096)
-            .write_buffer_size(0)
-            .max_message_size(Some(painel.config.max_message_size))
-            .max_frame_size(Some(painel.config.max_message_size));
-
-        let mut learned: Option<Handshake> = None;
-        // The error type is tungstenite's own refusal response.
-        #[allow(clippy::result_large_err)]
-        let callback = |req: &Request, resp: Response| match admit(&painel, req) {
-            Ok(h) => {
-                learned = Some(h);
-                Ok(resp)
-            }
-            Err((status, outcome)) => {
-                metrics::AUTH.with_label_values(&[outcome]).inc();
-                let mut refusal =
-                    ErrorResponse::new(Some(status.canonical_reason().unwrap_or("").to_string()));
-                *refusal.status_mut() = status;
-                Err(refusal)
-            }
-        };
-        let ws =
-            match tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
-                .await
-            {
-                Ok(ws) => ws,
-                Err(e) => {
-                    debug!(error = %e, "painel: handshake not completed");
-                    return None;
-                }
-            };
-        let handshake = learned?;
-        run_session(painel, ws, handshake, shutdown.clone()).await;
-        None
+/// The client's `Sec-WebSocket-Key` once the request is a WebSocket opening handshake
+/// (RFC 6455 4.2.1): GET, `Upgrade: websocket`, version 13.
+fn handshake_key(req: &RequestHeader) -> Result<String, Refusal> {
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name)
+            .split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case(token))
+    };
+    let upgrade_websocket = has_token("upgrade", "websocket") && has_token("connection", "upgrade");
+    let key = header("sec-websocket-key").trim();
+    if req.method != http::Method::GET
+        || !upgrade_websocket
+        || header("sec-websocket-version").trim() != "13"
+        || key.is_empty()
+    {
+        return Err((StatusCode::BAD_REQUEST, "bad_handshake"));
     }
+    Ok(key.to_string())
+}
+
+/// The request line and headers as the client sent them, for the stand-in session.
+fn request_head(req: &RequestHeader) -> Vec<u8> {
+    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.uri).into_bytes();
+    for (name, value) in req.headers.iter() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// The checks made before the 101: route, `Origin`, caps.
-fn admit(painel: &Painel, req: &Request) -> Result<Handshake, (StatusCode, &'static str)> {
+fn admit(
+    painel: &Painel,
+    path: &str,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+) -> Result<Handshake, Refusal> {
     let header = |name: &str| {
-        req.headers()
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
@@ -127,8 +200,7 @@ fn admit(painel: &Painel, req: &Request) -> Result<Handshake, (StatusCode, &'sta
     };
 
     let runtime = painel.live.load_full();
-    let path =
-        routes::normalize(req.uri().path()).map_err(|_| (StatusCode::BAD_REQUEST, "bad_route"))?;
+    let path = routes::normalize(path).map_err(|_| (StatusCode::BAD_REQUEST, "bad_route"))?;
     let route = runtime
         .routes
         .find(&path)
@@ -150,12 +222,7 @@ fn admit(painel: &Painel, req: &Request) -> Result<Handshake, (StatusCode, &'sta
         return Err((StatusCode::FORBIDDEN, "bad_origin"));
     }
 
-    // The proxy appends the address it saw as the last `X-Forwarded-For` entry.
-    let ip = header("x-forwarded-for")
-        .rsplit(',')
-        .next()
-        .and_then(|s| s.trim().parse::<IpAddr>().ok());
-    let slot = painel.hub.reserve(ip).map_err(|e| {
+    let slot = painel.hub.reserve(client).map_err(|e| {
         warn!(reason = %e, "painel: socket refused");
         (StatusCode::SERVICE_UNAVAILABLE, "over_capacity")
     })?;
@@ -202,7 +269,10 @@ async fn run_session(
         PainelAuth::Public => Ok("public"),
         PainelAuth::Django { .. } => {
             let session_key = auth::cookie(&cookie, "sessionid");
-            match painel.auth.check(session_key, sessao_id).await {
+            // Boxed, like the snapshot below: a task keeps the size of its largest state for
+            // its whole life, and these one-off database and HTTP calls would triple the
+            // memory of every idle socket.
+            match Box::pin(painel.auth.check(session_key, sessao_id)).await {
                 Ok(Ok(_user)) => Ok("ok"),
                 Ok(Err(denial)) => Err((denial.close_code(), denial.label())),
                 Err(e) => {
@@ -238,7 +308,8 @@ async fn run_session(
     info!(route = %route, sessao_id, sockets = painel.hub.total(), "painel: socket open");
 
     // The snapshot goes out before anything queued since the join.
-    let (first, source) = initial_payload(&painel, &group, sessao_id, &host, &cookie).await;
+    let (first, source) =
+        Box::pin(initial_payload(&painel, &group, sessao_id, &host, &cookie)).await;
     metrics::SNAPSHOTS
         .with_label_values(&[source.label()])
         .inc();

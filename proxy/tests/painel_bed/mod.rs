@@ -389,7 +389,6 @@ impl Edge {
             .clone()
             .unwrap_or_else(|| dir.path().join("no-gunicorn.sock"));
         let mut painel = vec![
-            format!("socket = {:?}", dir.path().join("painel.sock")),
             format!("prefix = {:?}", settings.prefix),
             format!("redis_url = {:?}", redis.url(2)),
             format!("layer = {:?}", settings.layer),
@@ -469,9 +468,8 @@ action = "upstream"
             },
             dir,
         };
-        let painel_sock = edge.dir.path().join("painel.sock");
         wait_for("sapl-edge listening", || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok() && painel_sock.exists()
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         edge
     }

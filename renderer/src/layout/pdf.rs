@@ -30,6 +30,11 @@ pub fn escrever(
     fontes: &Fontes,
 ) -> Result<Vec<u8>, LayoutError> {
     let mut doc = PdfDocument::new(titulo);
+    // printpdf dates a document 1970-01-01 unless told otherwise.
+    let now = printpdf::OffsetDateTime::now_utc();
+    doc.metadata.info.creation_date = now;
+    doc.metadata.info.modification_date = now;
+    doc.metadata.info.metadata_date = now;
 
     let ids = registrar_fontes(&mut doc, paginas, fontes)?;
     let logo = logotipo.and_then(|bytes| registrar_logotipo(&mut doc, bytes));

@@ -65,6 +65,14 @@ pub static QUEUE_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Starts the per-kind failure and retry series at 0, so an alert sees the first one.
+pub fn init() {
+    for kind in sapl_renderer::ReportKind::ALL {
+        FAILED.with_label_values(&[kind.as_str()]);
+        RETRIED.with_label_values(&[kind.as_str()]);
+    }
+}
+
 /// The metric label for a kind: one of the four known kinds, or `other`.
 pub fn kind_label(kind: &str) -> &'static str {
     sapl_renderer::ReportKind::ALL

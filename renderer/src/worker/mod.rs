@@ -142,6 +142,7 @@ pub async fn run(args: WorkArgs) -> anyhow::Result<()> {
     let hard = args.memory_limit_mb * 1024 * 1024;
     tokio::spawn(memory::watch(hard / 8 * 7, hard));
     if let Some(address) = args.metrics_address.clone() {
+        metrics::init();
         tokio::spawn(metrics::serve(address));
     }
 
