@@ -374,29 +374,38 @@ async fn the_per_ip_cap_refuses_the_socket_over_it() {
         assert_eq!(as_json(&next_text(ws).await)["type"], "pong");
     }
 
-    // A third from the same address is refused, whatever X-Forwarded-For it claims.
-    let mut request = edge.url("/ws/painel/1/").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("X-Forwarded-For", "203.0.113.7".parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
+    // A third from the same address is refused.
+    match connect(&edge, "/ws/painel/1/", None, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status(), 503)
         }
         other => panic!("expected a 503, got {:?}", other.map(|_| "a socket")),
     }
 
+    // Behind a trusted hop (127.0.0.1 is one by default) the cap counts the client the hop
+    // names, as every other rule does: the ingress in front of a pod is not one viewer.
+    let mut request = edge.url("/ws/painel/1/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("X-Forwarded-For", "203.0.113.7".parse().unwrap());
+    let (mut other_viewer, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("another client's socket opens");
+    send_ping(&mut other_viewer).await;
+    assert_eq!(as_json(&next_text(&mut other_viewer).await)["type"], "pong");
+
     // A socket that closes gives its place back.
     a.close(None).await.unwrap();
     wait_for("the closed socket to leave", || {
-        metric(&edge, "sockets_open", "route", "painel-ws") == 0.0
+        // The other client's socket stays.
+        metric(&edge, "sockets_open", "route", "painel-ws") == 1.0
     });
     let mut c = connect(&edge, "/ws/painel/1/", None, None).await.unwrap();
     send_ping(&mut c).await;
     assert_eq!(as_json(&next_text(&mut c).await)["type"], "pong");
 
     assert_eq!(metric(&edge, "auth_total", "outcome", "over_capacity"), 1.0);
-    assert_eq!(metric(&edge, "auth_total", "outcome", "public"), 3.0);
+    assert_eq!(metric(&edge, "auth_total", "outcome", "public"), 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -467,5 +476,51 @@ async fn metrics_count_sockets_messages_snapshots_and_auth() {
     assert_eq!(
         metric(&edge, "slow_consumers_dropped_total", "route", "painel-ws"),
         0.0
+    );
+}
+
+/// RFC 6455 4.2.1: a request that is not a complete opening handshake gets 400 from the
+/// edge itself, never a 101 and never a gateway error.
+#[tokio::test(flavor = "multi_thread")]
+async fn incomplete_handshakes_are_refused_with_400() {
+    use std::io::{Read, Write};
+
+    let redis = Redis::start();
+    let edge = public_edge(&redis, "asgi-camara-aperto", &[]);
+    let status = |headers: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", edge.port)).unwrap();
+        stream.set_read_timeout(Some(HANG)).unwrap();
+        write!(
+            stream,
+            "GET /ws/painel/1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head[9..12]).to_string()
+    };
+
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let whole =
+        format!("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n{key}");
+    assert_eq!(status(&whole), "101");
+    assert_eq!(
+        status("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"),
+        "400",
+        "no key"
+    );
+    assert_eq!(
+        status(&format!(
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n{key}"
+        )),
+        "400",
+        "old version"
+    );
+    assert_eq!(
+        status(&format!(
+            "Upgrade: websocket\r\nConnection: close\r\nSec-WebSocket-Version: 13\r\n{key}"
+        )),
+        "400",
+        "no upgrade token in Connection"
     );
 }

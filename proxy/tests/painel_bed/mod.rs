@@ -470,6 +470,7 @@ action = "upstream"
         };
         wait_for("sapl-edge listening", || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", metrics_port)).is_ok()
         });
         edge
     }
