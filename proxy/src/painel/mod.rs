@@ -64,7 +64,7 @@ pub enum PainelError {
 impl Painel {
     pub fn new(config: PainelConfig, live: Live) -> Result<Arc<Painel>, PainelError> {
         let (hub, changes) = Hub::new(
-            config.max_sockets,
+            sockets_within_file_limit(config.max_sockets),
             config.max_sockets_per_ip,
             config.send_queue,
         );
@@ -162,6 +162,33 @@ pub fn add_services(server: &mut pingora::server::Server, painel: &Arc<Painel>) 
         },
     ));
     tracing::info!(prefix = %painel.config.prefix, "painel websockets ready");
+}
+
+/// File descriptors kept for everything but panel sockets: listeners, the upstream pool,
+/// Redis, PostgreSQL, files being served.
+const FILES_KEPT: u64 = 512;
+
+/// `max_sockets`, lowered so that sockets never take the descriptors the bridge and the
+/// proxy need: at the open-file limit the bridge could not reach Redis, and every socket
+/// would go silent at once. The soft limit is raised to the hard one first.
+fn sockets_within_file_limit(max_sockets: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            warn!(error = %e, "painel: open-file limit unknown; max_sockets kept");
+            return max_sockets;
+        }
+    };
+    let room = usize::try_from(limit.saturating_sub(FILES_KEPT)).unwrap_or(usize::MAX);
+    if room < max_sockets {
+        warn!(
+            max_sockets,
+            open_file_limit = limit,
+            sockets = room,
+            "painel: max_sockets lowered to fit the open-file limit (raise `ulimit -n`)"
+        );
+    }
+    max_sockets.min(room)
 }
 
 /// The `sessao_id` a panel route's regex captured from `path`.
