@@ -138,11 +138,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
 # wait_for WHAT PID SECONDS TEST...: polls TEST until it succeeds, PID dies or time runs out.
 wait_for() {
     local what="$1" pid="$2" seconds="$3"

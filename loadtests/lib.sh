@@ -8,6 +8,10 @@
 #                            section of that name, or at the end when there is none yet;
 #                            the other sections belong to other load tests and stay as
 #                            they are
+#   free_port                a free TCP port on 127.0.0.1
+#   wait_port PORT PID [TENTHS]
+#                            wait until 127.0.0.1:PORT accepts (up to TENTHS × 0.05 s,
+#                            default 400); fails at once when PID exits
 
 stop_started() {
     local tenths="$1" pid
@@ -42,4 +46,19 @@ write_results_section() {
         { echo; cat "$section"; } >>"$results"
     fi
     echo "==> wrote the $name section of $results"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+wait_port() {
+    local port="$1" pid="$2" tries="${3:-400}"
+    for _ in $(seq 1 "$tries"); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
 }

@@ -122,20 +122,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    local port="$1" pid="$2"
-    for _ in $(seq 1 400); do
-        kill -0 "$pid" 2>/dev/null || return 1
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    return 1
-}
-
 # start NAME COMMAND...: runs it in its own process group, output to $WORK/NAME.log.
 start() {
     local name="$1"

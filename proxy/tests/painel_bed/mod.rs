@@ -242,16 +242,24 @@ impl Peer {
         })
     }
 
-    pub fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(&self.python)
-            .arg(repo().join("testbed/painel/peer.py"))
-            .args(args)
+    /// The peer's Python with the Django settings of this peer in its environment.
+    fn python(&self) -> Command {
+        let mut command = Command::new(&self.python);
+        command
             .env("SECRET_KEY", SECRET_KEY)
             .env("SAPL_DB_NAME", database())
             .env("PAINEL_REDIS_URL", &self.redis_url)
             .env("PAINEL_PREFIX", &self.prefix)
             .env("PAINEL_LAYER", self.layer)
-            .env("PAINEL_KEYS", &self.keys)
+            .env("PAINEL_KEYS", &self.keys);
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self
+            .python()
+            .arg(repo().join("testbed/painel/peer.py"))
+            .args(args)
             .output()
             .expect("peer.py runs");
         assert!(
@@ -656,17 +664,12 @@ async def run():
 
 asyncio.run(run())
 "#;
-        let out = Command::new(&self.python)
+        let out = self
+            .python()
             .arg("-c")
             .arg(script)
             .arg(repo().join("testbed/painel/peer.py"))
             .args([group, &count.to_string(), &size.to_string()])
-            .env("SECRET_KEY", SECRET_KEY)
-            .env("SAPL_DB_NAME", database())
-            .env("PAINEL_REDIS_URL", &self.redis_url)
-            .env("PAINEL_PREFIX", &self.prefix)
-            .env("PAINEL_LAYER", self.layer)
-            .env("PAINEL_KEYS", &self.keys)
             .output()
             .expect("python runs");
         assert!(
