@@ -169,6 +169,8 @@ async fn poll_once(
         .pset_ex(result_key(painel, sessao_id), &json, max_age_ms)
         .await?;
 
+    // Limitation: the first poll of a sessão has nothing to compare with and is pushed, so
+    // the first screens may get the payload of their snapshot a second time.
     let changed = painel.poll.lock().last.get(&sessao_id) != Some(&json);
     if !changed {
         metrics::POLLS.with_label_values(&["unchanged"]).inc();
