@@ -41,7 +41,7 @@ use super::hub::{Credentials, Slot};
 use super::metrics;
 use super::snapshot::{self, DadosRequest, Source};
 use super::Painel;
-use crate::config::{Action, Matcher, PainelAuth};
+use crate::config::{Action, PainelAuth};
 use crate::routes;
 
 /// Close codes the edge sends besides SAPL's 44xx.
@@ -84,15 +84,10 @@ pub async fn upgrade(
     request_id: &str,
 ) -> pingora::Result<Result<(), Refusal>> {
     let req = session.req_header();
-    let key = match handshake_key(req) {
-        Ok(key) => key,
-        Err(refusal) => {
-            metrics::AUTH.with_label_values(&[refusal.1]).inc();
-            return Ok(Err(refusal));
-        }
-    };
-    let handshake = match admit(painel, req.uri.path(), &req.headers, client) {
-        Ok(h) => h,
+    let checked = handshake_key(req)
+        .and_then(|key| Ok((key, admit(painel, req.uri.path(), &req.headers, client)?)));
+    let (key, handshake) = match checked {
+        Ok(checked) => checked,
         Err(refusal) => {
             metrics::AUTH.with_label_values(&[refusal.1]).inc();
             return Ok(Err(refusal));
@@ -206,14 +201,7 @@ fn admit(
         .find(&path)
         .filter(|r| matches!(r.action, Action::WebSocket))
         .ok_or((StatusCode::NOT_FOUND, "bad_route"))?;
-    let sessao_id = match &route.matcher {
-        Matcher::Regex(re) => re
-            .captures(&path)
-            .and_then(|c| c.name("sessao_id"))
-            .and_then(|m| m.as_str().parse::<u64>().ok()),
-        Matcher::Prefix(_) => None,
-    }
-    .ok_or((StatusCode::NOT_FOUND, "bad_route"))?;
+    let sessao_id = super::sessao_id(route, &path).ok_or((StatusCode::NOT_FOUND, "bad_route"))?;
 
     let host = header("host");
     let origin = header("origin");
