@@ -158,17 +158,6 @@ wait_for() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# start NAME COMMAND...: in its own session (so cleanup can end its whole group), output
-# in $WORK/NAME.log.
-start() {
-    local name="$1"
-    shift
-    setsid "$@" >"$WORK/$name.log" 2>&1 </dev/null &
-    LAST_PID=$!
-    disown "$LAST_PID"
-    PIDS+=("$LAST_PID")
-}
-
 # ------------------------------------------------------------------------------------------
 # PostgreSQL
 # ------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 #                            section of that name, or at the end when there is none yet;
 #                            the other sections belong to other load tests and stay as
 #                            they are
+#   start NAME COMMAND...    run COMMAND in its own session (so stop_started ends its whole
+#                            group), output in $WORK/NAME.log; sets LAST_PID, adds to PIDS
 #   free_port                a free TCP port on 127.0.0.1
 #   wait_port PORT PID [TENTHS]
 #                            wait until 127.0.0.1:PORT accepts (up to TENTHS × 0.05 s,
@@ -61,4 +63,14 @@ wait_port() {
         sleep 0.05
     done
     return 1
+}
+
+start() {
+    local name="$1"
+    shift
+    setsid "$@" >"$WORK/$name.log" 2>&1 </dev/null &
+    LAST_PID=$!
+    # No job-control chatter ("Killed") when stop_started ends it.
+    disown "$LAST_PID"
+    PIDS+=("$LAST_PID")
 }

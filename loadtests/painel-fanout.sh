@@ -122,16 +122,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start NAME COMMAND...: runs it in its own process group, output to $WORK/NAME.log.
-start() {
-    local name="$1"
-    shift
-    setsid "$@" >"$WORK/$name.log" 2>&1 < /dev/null &
-    LAST_PID=$!
-    disown "$LAST_PID"
-    PIDS+=("$LAST_PID")
-}
-
 # stop PID: ends one server between lines (SIGTERM, then SIGKILL after 5 s).
 stop() {
     local pid="$1"

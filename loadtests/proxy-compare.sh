@@ -100,17 +100,6 @@ wait_socket() {
     return 1
 }
 
-# start NAME COMMAND...: runs it in its own process group, output to $WORK/NAME.log.
-start() {
-    local name="$1"
-    shift
-    setsid "$@" >"$WORK/$name.log" 2>&1 < /dev/null &
-    LAST_PID=$!
-    # No job-control chatter ("Killed") when cleanup ends it.
-    disown "$LAST_PID"
-    PIDS+=("$LAST_PID")
-}
-
 NGINX_USER=""
 [ "$(id -u)" -eq 0 ] && NGINX_USER="user root;"
 
@@ -368,6 +357,39 @@ status() {
     curl -s -o /dev/null -w '%{http_code}' "$@" "http://127.0.0.1:$port$path" || true
 }
 
+# report SECTION COLUMN RUN_NOTE TITLE INTRO...: prints the table of ROWS (its second column
+# named COLUMN, RUN_NOTE ending its "Run:" line), writes it to --out, and with --write puts
+# it in RESULTS.md as SECTION under TITLE, after the INTRO lines and the command.
+report() {
+    local section="$1" column="$2" run_note="$3" title="$4"
+    shift 4
+    TABLE="$(
+        echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t $WRK_THREADS -c $CONNECTIONS (Gunicorn lines: -c 8) -d $DURATION --latency; sapl-edge threads = $EDGE_THREADS; $run_note"
+        echo
+        echo "| scenario | $column | req/s | p99 (ms) | CPU per request (µs) | errors |"
+        echo "|---|---|---:|---:|---:|---|"
+        printf '%s\n' "${ROWS[@]}"
+    )"
+    echo
+    echo "$TABLE"
+    if [ -n "$OUT" ]; then
+        echo "$TABLE" >"$OUT"
+    fi
+    [ "$WRITE" -eq 1 ] || return 0
+    {
+        echo "<!-- $section:start -->"
+        echo "$title"
+        echo
+        printf '%s\n' "$@"
+        echo
+        echo "Command: \`$COMMAND_LINE\`"
+        echo
+        echo "$TABLE"
+        echo "<!-- $section:end -->"
+    } >"$WORK/section.md"
+    write_results_section "$section" "$WORK/section.md"
+}
+
 if [ "$PROTECTION" -eq 1 ]; then
     CLIENT=(-H "X-Forwarded-For: 203.0.113.7"
             -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0")
@@ -401,37 +423,14 @@ if [ "$PROTECTION" -eq 1 ]; then
     curl -s "http://$metrics_at/metrics" \
         | grep -E '^sapl_edge_protection_(refusals|blocklist_lookups|blocklist_fail_open)' || true
 
-    TABLE="$(
-        echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t $WRK_THREADS -c $CONNECTIONS (Gunicorn lines: -c 8) -d $DURATION --latency; sapl-edge threads = $EDGE_THREADS; protection off/on alternating, $ROUNDS rounds"
-        echo
-        echo "| scenario | edge | req/s | p99 (ms) | CPU per request (µs) | errors |"
-        echo "|---|---|---:|---:|---:|---|"
-        printf '%s\n' "${ROWS[@]}"
-    )"
-    echo
-    echo "$TABLE"
-    if [ -n "$OUT" ]; then
-        echo "$TABLE" > "$OUT"
-    fi
-    if [ "$WRITE" -eq 1 ]; then
-        {
-            echo "<!-- protection-cost:start -->"
-            echo "## What ingress protection costs (issue 6)"
-            echo
-            echo "The same release sapl-edge twice in one run, alternating: without [protection] (off)"
-            echo "and with every check on every request (on): real client IP from X-Forwarded-For"
-            echo "through a trusted hop, the scanner-probe test, a User-Agent rules file, a networks"
-            echo "file, the Redis A blocklist (a private redis-server, prefix set loaded, answers"
-            echo "cached) and the general zone set too high to refuse. Target: under 5 % throughput"
-            echo "cost on the tiny proxied answer."
-            echo
-            echo "Command: \`$COMMAND_LINE\`"
-            echo
-            echo "$TABLE"
-            echo "<!-- protection-cost:end -->"
-        } >"$WORK/section.md"
-        write_results_section protection-cost "$WORK/section.md"
-    fi
+    report protection-cost edge "protection off/on alternating, $ROUNDS rounds" \
+        "## What ingress protection costs (issue 6)" \
+        "The same release sapl-edge twice in one run, alternating: without [protection] (off)" \
+        "and with every check on every request (on): real client IP from X-Forwarded-For" \
+        "through a trusted hop, the scanner-probe test, a User-Agent rules file, a networks" \
+        "file, the Redis A blocklist (a private redis-server, prefix set loaded, answers" \
+        "cached) and the general zone set too high to refuse. Target: under 5 % throughput" \
+        "cost on the tiny proxied answer."
     exit 0
 fi
 
@@ -445,35 +444,12 @@ for flavour in nginx-sapl nginx-tuned sapl-edge; do
     run_line "tiny Django view (Gunicorn)" "$flavour-gunicorn" /tiny/ 8
 done
 
-TABLE="$(
-    echo "Run: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, wrk -t $WRK_THREADS -c $CONNECTIONS (Gunicorn lines: -c 8) -d $DURATION --latency; sapl-edge threads = $EDGE_THREADS; $(nginx -v 2>&1)"
-    echo
-    echo "| scenario | proxy | req/s | p99 (ms) | CPU per request (µs) | errors |"
-    echo "|---|---|---:|---:|---:|---|"
-    printf '%s\n' "${ROWS[@]}"
-)"
-echo
-echo "$TABLE"
-if [ -n "$OUT" ]; then
-    echo "$TABLE" > "$OUT"
-fi
-if [ "$WRITE" -eq 1 ]; then
-    {
-        echo "<!-- proxy-compare:start -->"
-        echo "## sapl-edge beside nginx (issue 2)"
-        echo
-        echo "The same upstreams behind three proxies in one run: nginx with SAPL's settings"
-        echo "(nginx-sapl: \`worker_processes 1\`), nginx tuned for this machine (nginx-tuned:"
-        echo "\`worker_processes auto\`, upstream keepalive) and the release sapl-edge. The fast"
-        echo "upstream is an nginx on a unix socket (so that the proxy's own cost shows); the"
-        echo "Gunicorn line is the test-bed Django app with SAPL's 3 sync workers. CPU per request"
-        echo "is the proxy's own utime+stime (master and workers) over the run / requests done."
-        echo "wrk, the upstreams and the proxy share the 2 cores."
-        echo
-        echo "Command: \`$COMMAND_LINE\`"
-        echo
-        echo "$TABLE"
-        echo "<!-- proxy-compare:end -->"
-    } >"$WORK/section.md"
-    write_results_section proxy-compare "$WORK/section.md"
-fi
+report proxy-compare proxy "$(nginx -v 2>&1)" \
+    "## sapl-edge beside nginx (issue 2)" \
+    "The same upstreams behind three proxies in one run: nginx with SAPL's settings" \
+    "(nginx-sapl: \`worker_processes 1\`), nginx tuned for this machine (nginx-tuned:" \
+    "\`worker_processes auto\`, upstream keepalive) and the release sapl-edge. The fast" \
+    "upstream is an nginx on a unix socket (so that the proxy's own cost shows); the" \
+    "Gunicorn line is the test-bed Django app with SAPL's 3 sync workers. CPU per request" \
+    "is the proxy's own utime+stime (master and workers) over the run / requests done." \
+    "wrk, the upstreams and the proxy share the 2 cores."
